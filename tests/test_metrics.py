@@ -236,9 +236,14 @@ def test_evaluate_images_collects_all_metrics():
     samples, annotations = (probs < 0.5).astype(np.uint8), _masks(rng, (2, 2, 5, 5))
     got = metrics.evaluate_images(samples, annotations, probs)
     assert list(got) == [
-        "ged", "sample_annotation_distance", "sample_diversity", "annotation_diversity",
-        "hungarian_iou", "ncc", "dice",
-    ]  # fmt: skip
+        "ged",
+        "sample_annotation_distance",
+        "sample_diversity",
+        "annotation_diversity",
+        "hungarian_iou",
+        "ncc",
+        "dice",
+    ]
     assert all(isinstance(v, np.ndarray) and v.shape == (2,) for v in got.values())
     np.testing.assert_allclose(got["ged"], _brute_ged(samples, annotations)[:, 0], rtol=1e-6)
     np.testing.assert_allclose(got["ncc"], metrics.variance_ncc(probs, annotations))

@@ -1,0 +1,248 @@
+"""Evaluation file format and the model comparison on synthetic evaluations of 3 fake models."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from absl import app, flags
+from absl.testing import flagsaver
+from scipy import stats
+
+from experiments import compare as compare_cli
+from probunet_jax import reporting
+
+NUM_IMAGES, NUM_SAMPLES, NUM_ANNOTATIONS, SIZE = 30, 4, 3, 8
+EXAMPLE_INDICES = np.array([3, 11])
+# Mean GED offsets: "good" is clearly better than "base"; "close" differs from "base" by noise.
+MODELS = {"good": -0.15, "base": 0.0, "close": 0.0}
+
+
+def _per_image(rng, offset, indices):
+    n = len(indices)
+    base = np.linspace(0.2, 0.6, n)
+    cross = base + offset + 0.3 + rng.normal(0, 0.02, n)
+    sample_div = 0.3 + rng.normal(0, 0.02, n)
+    annotation_div = np.full(n, 0.25)
+    ncc = rng.random(n)
+    ncc[0] = np.nan  # NCC is undefined for constant maps
+    return {
+        "index": indices,
+        "ged": 2 * cross - sample_div - annotation_div,
+        "sample_annotation_distance": cross,
+        "sample_diversity": sample_div,
+        "annotation_diversity": annotation_div,
+        "hungarian_iou": rng.random(n),
+        "ncc": ncc,
+        "dice": rng.random(n),
+        "oracle_ged": np.full(n, 0.05),
+    }
+
+
+def _examples(rng, indices=EXAMPLE_INDICES):
+    k = len(indices)
+    return reporting.Examples(
+        images=rng.random((k, SIZE, SIZE)).astype(np.float32),
+        annotations=(rng.random((k, NUM_ANNOTATIONS, SIZE, SIZE)) < 0.3).astype(np.uint8),
+        samples=(rng.random((k, NUM_SAMPLES, SIZE, SIZE)) < 0.3).astype(np.uint8),
+        indices=indices,
+    )
+
+
+def _write(workdir, name, offset, seed, indices=None):
+    rng = np.random.default_rng(seed)
+    indices = np.arange(100, 100 + NUM_IMAGES)[::-1] if indices is None else indices
+    columns = _per_image(rng, offset, indices)
+    reporting.write_evaluation(workdir, name, columns, _examples(rng), num_samples=NUM_SAMPLES)
+    return columns
+
+
+@pytest.fixture
+def models(tmp_path):
+    """Workdirs and per-image columns of the 3 fake models."""
+    out = {}
+    for seed, (name, offset) in enumerate(MODELS.items()):
+        workdir = tmp_path / name
+        out[name] = (workdir, _write(workdir, name, offset, seed))
+    return out
+
+
+@pytest.fixture
+def cli_flags():
+    """Lets tests set the absl flags of experiments.compare without parsing argv."""
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+    with flagsaver.flagsaver():
+        yield
+
+
+def test_write_evaluation_round_trip(models):
+    workdir, columns = models["good"]
+    folder = workdir / reporting.EVAL_DIR
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "per_image.csv",
+        "samples.npz",
+        "summary.json",
+    ]  # and no temp files left behind
+    summary = json.loads((folder / "summary.json").read_text())
+    assert (summary["model"], summary["num_samples"], summary["num_images"]) == (
+        "good",
+        NUM_SAMPLES,
+        NUM_IMAGES,
+    )
+    assert set(summary["metrics"]) == set(reporting.METRICS) | {"oracle_ged"}
+    for name, stat in summary["metrics"].items():
+        values = columns[name][np.isfinite(columns[name])]
+        assert stat["count"] == len(values) == NUM_IMAGES - (name == "ncc")
+        np.testing.assert_allclose(
+            [stat["mean"], stat["std"], stat["median"]],
+            [values.mean(), values.std(), np.median(values)],
+        )
+    loaded = reporting.load_evaluation(workdir)
+    assert loaded.model == "good" and loaded.num_samples == NUM_SAMPLES
+    assert list(loaded.per_image.index) == sorted(columns["index"])
+    order = np.argsort(columns["index"])
+    np.testing.assert_allclose(loaded.per_image["ged"], columns["ged"][order])
+    np.testing.assert_array_equal(loaded.examples.indices, EXAMPLE_INDICES)
+    assert loaded.examples.samples.dtype == np.uint8 and loaded.examples.images.dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (lambda c: c.pop("dice"), r"lacks columns \['dice'\]"),
+        (lambda c: c.update(ged=c["ged"][:-1]), r"one length, got shapes"),
+        (lambda c: c.update(index=np.zeros(NUM_IMAGES, int)), r"unique integers"),
+    ],
+)
+def test_write_evaluation_rejects_bad_columns(tmp_path, corrupt, message):
+    rng = np.random.default_rng(0)
+    columns = _per_image(rng, 0.0, np.arange(NUM_IMAGES))
+    corrupt(columns)
+    with pytest.raises(ValueError, match=message):
+        reporting.write_evaluation(tmp_path, "m", columns, _examples(rng), num_samples=4)
+    assert not (tmp_path / reporting.EVAL_DIR).exists()
+
+
+def test_write_evaluation_rejects_bad_examples(tmp_path):
+    rng = np.random.default_rng(0)
+    examples = _examples(rng)._replace(samples=np.zeros((2, 4, SIZE, SIZE + 1), np.uint8))
+    with pytest.raises(ValueError, match=r"\(2, 4, 8, 9\)"):
+        reporting.write_evaluation(
+            tmp_path, "m", _per_image(rng, 0, np.arange(5)), examples, num_samples=4
+        )
+
+
+def test_compare_tables_and_figures(models, tmp_path):
+    out = tmp_path / "cmp"
+    result = reporting.compare([models[name][0] for name in MODELS], out)
+    expected_files = {
+        "table1_ged.csv",
+        "table1_ged.md",
+        "wilcoxon_ged.csv",
+        "wilcoxon_ged.md",
+        "fig2_ged_letter_values.png",
+        "fig3_ged_breakup.png",
+        "fig4_samples_3.png",
+        "fig4_samples_11.png",
+    }
+    assert {p.name for p in result.files} == expected_files
+    assert {p.name for p in out.iterdir()} == expected_files
+    assert all(p.stat().st_size > 0 for p in result.files)
+
+    table = pd.read_csv(out / "table1_ged.csv")
+    assert list(table["model"]) == list(MODELS)
+    for _, row in table.iterrows():
+        ged = models[row["model"]][1]["ged"]
+        np.testing.assert_allclose([row["mean"], row["std"]], [ged.mean(), ged.std()])
+    assert "| good | " in (out / "table1_ged.md").read_text()
+
+    tests = pd.read_csv(out / "wilcoxon_ged.csv")
+    assert list(zip(tests["model_a"], tests["model_b"], strict=True)) == [
+        ("good", "base"),
+        ("good", "close"),
+        ("base", "close"),
+    ]
+    for _, row in tests.iterrows():
+        a, b = models[row["model_a"]][1], models[row["model_b"]][1]
+        direct = stats.wilcoxon(a["ged"], b["ged"])  # same index order in every model
+        np.testing.assert_allclose([row["statistic"], row["p_value"]], direct, rtol=1e-12)
+        assert row["significant"] == (direct.pvalue < 0.05)
+        assert row["num_images"] == NUM_IMAGES
+    good_vs_base = tests.iloc[0]
+    assert good_vs_base["significant"] and good_vs_base["better"] == "good"
+    assert good_vs_base["median_difference"] < 0
+    assert not tests.iloc[2]["significant"]  # "base" vs "close" only differ by noise
+
+
+def test_wilcoxon_pairs_images_by_index(models):
+    good, base = (reporting.load_evaluation(models[n][0]) for n in ("good", "base"))
+    shuffled = good._replace(per_image=good.per_image.sample(frac=1.0, random_state=0))
+    with pytest.raises(ValueError, match="different image sets"):
+        reporting.wilcoxon_table([shuffled, base])
+    table = reporting.wilcoxon_table([good, base])
+    same = reporting.wilcoxon_table([good, good._replace(model="copy")])
+    assert table["p_value"][0] < 0.05
+    assert (same["statistic"][0], same["p_value"][0], same["better"][0]) == (0.0, 1.0, "tie")
+
+
+def test_single_model_table_but_no_test(models, tmp_path):
+    result = reporting.compare([models["good"][0]], tmp_path / "one")
+    assert result.wilcoxon_table is None and len(result.ged_table) == 1
+    assert not (tmp_path / "one" / "wilcoxon_ged.csv").exists()
+    with pytest.raises(ValueError, match=r"at least 2 models, got \['good'\]"):
+        reporting.wilcoxon_table([reporting.load_evaluation(models["good"][0])])
+
+
+def test_mismatched_image_sets(models, tmp_path):
+    _write(tmp_path / "other", "other", 0.0, seed=9, indices=np.arange(NUM_IMAGES))
+    with pytest.raises(ValueError, match=r"'good' \(30 images\) and 'other' \(30 images\)"):
+        reporting.compare([models["good"][0], tmp_path / "other"], tmp_path / "x")
+
+
+def test_missing_eval_files_and_duplicate_names(models, tmp_path):
+    (models["base"][0] / reporting.EVAL_DIR / "samples.npz").unlink()
+    with pytest.raises(FileNotFoundError, match="missing samples.npz"):
+        reporting.compare([models["good"][0], models["base"][0]], tmp_path / "x")
+    with pytest.raises(FileNotFoundError, match="missing summary.json, per_image.csv"):
+        reporting.load_evaluation(tmp_path / "nothing")
+    with pytest.raises(ValueError, match="unique"):
+        reporting.load_evaluations([models["good"][0], models["good"][0]])
+
+
+def test_cli_main_prints_tables(models, tmp_path, cli_flags, capsys):
+    flags.FLAGS.workdirs = [str(models[name][0]) for name in MODELS]
+    flags.FLAGS.out = str(tmp_path / "cli")
+    compare_cli.main(["compare"])
+    printed = capsys.readouterr().out
+    assert "| Model | GED (mean ± std-dev) | N |" in printed
+    assert "| good | base | 30 |" in printed
+    assert (tmp_path / "cli" / "wilcoxon_ged.md").is_file()
+
+
+def test_cli_main_errors(models, tmp_path, cli_flags, capsys):
+    flags.FLAGS.out = str(tmp_path / "cli")
+    flags.FLAGS.workdirs = [str(models["good"][0]), str(tmp_path / "missing")]
+    with pytest.raises(app.UsageError, match="no complete evaluation"):
+        compare_cli.main(["compare"])
+    flags.FLAGS.workdirs = [str(models["good"][0])]
+    compare_cli.main(["compare"])  # one model: Table 1 only
+    assert "| good |" in capsys.readouterr().out
+
+
+def test_cli_subprocess(models, tmp_path):
+    workdirs = ",".join(str(models[name][0]) for name in ("good", "base"))
+    out = tmp_path / "sub"
+    run = subprocess.run(
+        [sys.executable, "-m", "experiments.compare", f"--workdirs={workdirs}", f"--out={out}"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "| good | base | 30 |" in run.stdout
+    assert (out / "fig2_ged_letter_values.png").is_file()
