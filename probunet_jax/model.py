@@ -1,0 +1,173 @@
+"""The (Generalized) Probabilistic U-Net: U-Net, prior net p(z|x), posterior net q(z|x,y), head.
+
+Kohl et al. 2018; Bhat et al. 2022, Fig. 1. Images are `[B, H, W, C]` float32, training
+masks `[B, H, W]` with values in {0, …, num_classes − 1} ({0, 1} in the binary case, where
+the head outputs one logit channel for a sigmoid).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import distrax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from probunet_jax import distributions
+from probunet_jax.networks import Head, LatentNet, UNet
+
+
+class ModelOutput(NamedTuple):
+    """The training forward pass.
+
+    Attributes:
+      logits: `[B, H, W, num_classes]` for z sampled from the posterior.
+      prior: p(z|x), batch shape `[B]`.
+      posterior: q(z|x,y), batch shape `[B]`.
+    """
+
+    logits: jax.Array
+    prior: distrax.Distribution
+    posterior: distrax.Distribution
+
+
+def check_mask(mask: jax.Array, image: jax.Array, num_classes: int) -> None:
+    """Raises ValueError unless `mask` is `[B, H, W]` like `image` with valid class values.
+
+    Values are checked only for concrete arrays (not under jit tracing).
+    """
+    if mask.shape != image.shape[:3]:
+        raise ValueError(
+            f"mask must be [B, H, W] = {image.shape[:3]} to match image {image.shape}, "
+            f"got shape {mask.shape}."
+        )
+    if not isinstance(mask, jax.core.Tracer):
+        values = np.unique(np.asarray(mask))
+        allowed = np.arange(max(num_classes, 2))
+        if not np.isin(values, allowed).all():
+            raise ValueError(
+                f"mask values must be in {set(allowed.tolist())}, got values {values[:10]}."
+            )
+
+
+class ProbabilisticUNet(nn.Module):
+    """The Generalized Probabilistic U-Net.
+
+    Attributes:
+      filters: block widths from the top, the last is the bottleneck (paper: 32, 64, 128, 512).
+      latent: the family of the prior and posterior (`distributions.LatentSpec`).
+      head_depth: number of 1×1 layers of the head, the logits layer included (paper: 4).
+      num_classes: 1 for binary segmentation (sigmoid), else the number of classes (softmax).
+      convs_per_block: 3×3 convolutions per block (paper: 3).
+    """
+
+    filters: Sequence[int]
+    latent: distributions.LatentSpec
+    head_depth: int = 4
+    num_classes: int = 1
+    convs_per_block: int = 3
+
+    def setup(self):
+        self.latent.validate()
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}.")
+        if len(self.filters) < 1:
+            raise ValueError("filters must list at least one block width.")
+        self.unet = UNet(self.filters, self.convs_per_block)
+        num_params = self.latent.num_params
+        self.prior_net = LatentNet(self.filters, num_params, self.convs_per_block)
+        self.posterior_net = LatentNet(self.filters, num_params, self.convs_per_block)
+        self.head = Head(self.filters[0], self.head_depth, self.num_classes)
+
+    def prior(self, image: jax.Array, *, train: bool) -> distrax.Distribution:
+        """p(z|x), batch shape `[B]`."""
+        return distributions.make_latent_distribution(
+            self.prior_net(image, train=train), self.latent
+        )
+
+    def posterior(self, image: jax.Array, mask: jax.Array, *, train: bool) -> distrax.Distribution:
+        """q(z|x,y) on the image concatenated with the mask (one-hot if multi-class)."""
+        check_mask(mask, image, self.num_classes)
+        if self.num_classes == 1:
+            mask_channels = mask[..., None].astype(image.dtype)
+        else:
+            mask_channels = jax.nn.one_hot(mask, self.num_classes, dtype=image.dtype)
+        posterior_input = jnp.concatenate([image, mask_channels], axis=-1)
+        return distributions.make_latent_distribution(
+            self.posterior_net(posterior_input, train=train), self.latent
+        )
+
+    def features(self, image: jax.Array, *, train: bool) -> jax.Array:
+        """U-Net features with the head's per-image first-layer part applied, `[B, H, W, F]`."""
+        return self.head.project(self.unet(image, train=train))
+
+    def decode(self, features: jax.Array, z: jax.Array) -> jax.Array:
+        """Logits `[B, H, W, num_classes]` from `features` (see `features`) and z `[B, d]`."""
+        return self.head.combine(features, z)
+
+    def features_and_prior(
+        self, image: jax.Array, *, train: bool = False
+    ) -> tuple[jax.Array, distrax.Distribution]:
+        """Everything sampling needs that is computed once per image."""
+        return self.features(image, train=train), self.prior(image, train=train)
+
+    def __call__(self, image: jax.Array, mask: jax.Array, *, train: bool) -> ModelOutput:
+        """The training forward pass: z ~ q(z|x,y) (rng stream "latent")."""
+        posterior = self.posterior(image, mask, train=train)
+        prior = self.prior(image, train=train)
+        z = posterior.sample(seed=self.make_rng("latent"))
+        logits = self.decode(self.features(image, train=train), z)
+        return ModelOutput(logits, prior, posterior)
+
+
+def latent_spec_from_config(config: ml_collections.ConfigDict) -> distributions.LatentSpec:
+    """The `LatentSpec` of a model config (see `presets.model_config`)."""
+    return distributions.LatentSpec(
+        kind=config.latent_kind,
+        latent_dim=config.latent_dim,
+        num_components=config.num_components,
+        rank=config.rank,
+        temperature=config.temperature,
+    ).validate()
+
+
+def model_from_config(config: ml_collections.ConfigDict) -> ProbabilisticUNet:
+    """Builds the model of a model config (see `presets.model_config`)."""
+    return ProbabilisticUNet(
+        filters=tuple(config.filters),
+        latent=latent_spec_from_config(config),
+        head_depth=config.head_depth,
+        num_classes=config.num_classes,
+        convs_per_block=config.convs_per_block,
+    )
+
+
+def init_variables(
+    model: ProbabilisticUNet, key: jax.Array, image_shape: tuple[int, int, int]
+) -> dict:
+    """Initial `{'params', 'batch_stats'}` for images of shape `[H, W, C]`."""
+    image = jnp.zeros((1, *image_shape), jnp.float32)
+    mask = jnp.zeros((1, *image_shape[:2]), jnp.int32)
+    params_key, latent_key = jax.random.split(key)
+    return model.init({"params": params_key, "latent": latent_key}, image, mask, train=False)
+
+
+def parameter_counts(model: ProbabilisticUNet, image_shape: tuple[int, int, int]) -> dict[str, int]:
+    """Number of trainable parameters of each part (U-Net, prior, posterior, head) and total."""
+    shapes = jax.eval_shape(lambda k: init_variables(model, k, image_shape), jax.random.key(0))
+    params = shapes["params"]
+    counts = {
+        part: sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params[name]))
+        for part, name in [
+            ("unet", "unet"),
+            ("prior_net", "prior_net"),
+            ("posterior_net", "posterior_net"),
+            ("head", "head"),
+        ]
+    }
+    counts["total"] = sum(counts.values())
+    return counts

@@ -1,0 +1,77 @@
+"""Jit-compiled sampling: the U-Net and the prior run once per image, the head per sample."""
+
+from __future__ import annotations
+
+import functools
+
+import distrax
+import jax
+import jax.numpy as jnp
+
+from probunet_jax import distributions
+from probunet_jax.model import ProbabilisticUNet
+
+
+@functools.partial(jax.jit, static_argnames=("model", "num_samples"))
+def sample_logits(
+    model: ProbabilisticUNet,
+    variables: dict,
+    images: jax.Array,
+    key: jax.Array,
+    num_samples: int,
+) -> jax.Array:
+    """Logits `[B, S, H, W, C]` of S samples z ~ p(z|x) per image `[B, H, W, C]`."""
+    features, prior = model.apply(variables, images, method=ProbabilisticUNet.features_and_prior)
+    z = prior.sample(seed=key, sample_shape=num_samples)  # [S, B, d]
+    decode = functools.partial(model.apply, variables, method=ProbabilisticUNet.decode)
+    logits = jax.vmap(decode, in_axes=(None, 0))(features, z)  # [S, B, H, W, C]
+    return jnp.moveaxis(logits, 0, 1)
+
+
+def logits_to_masks(logits: jax.Array) -> jax.Array:
+    """Hard masks `[...]` uint8 from logits `[..., C]`: probability > 0.5 if C = 1, else argmax."""
+    if logits.shape[-1] == 1:
+        return (logits[..., 0] > 0).astype(jnp.uint8)  # sigmoid(l) > 0.5  <=>  l > 0
+    return jnp.argmax(logits, axis=-1).astype(jnp.uint8)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "num_samples"))
+def sample_masks(
+    model: ProbabilisticUNet,
+    variables: dict,
+    images: jax.Array,
+    key: jax.Array,
+    num_samples: int,
+) -> jax.Array:
+    """Binary (or class) masks `[B, S, H, W]` uint8 of S samples per image."""
+    return logits_to_masks(sample_logits(model, variables, images, key, num_samples))
+
+
+def latent_mean(dist: distrax.Distribution) -> jax.Array:
+    """A representative z `[B, d]`: the mean of a Gaussian; for a mixture, the mean of its
+    most probable component (the mixture's mean can fall between its modes)."""
+    if not distributions.is_mixture(dist):
+        return dist.mean()
+    component = jnp.argmax(dist.mixture_distribution.logits, axis=-1)  # [B]
+    means = dist.components_distribution.mean()  # [B, N, d]
+    return jnp.take_along_axis(means, component[:, None, None], axis=1)[:, 0]
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def prior_mean_logits(model: ProbabilisticUNet, variables: dict, images: jax.Array) -> jax.Array:
+    """Logits `[B, H, W, C]` for the prior's representative z (see `latent_mean`)."""
+    features, prior = model.apply(variables, images, method=ProbabilisticUNet.features_and_prior)
+    return model.apply(variables, features, latent_mean(prior), method=ProbabilisticUNet.decode)
+
+
+def _posterior_reconstruction(model: ProbabilisticUNet, images, masks) -> jax.Array:
+    features = model.features(images, train=False)
+    return model.decode(features, latent_mean(model.posterior(images, masks, train=False)))
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def posterior_reconstruction(
+    model: ProbabilisticUNet, variables: dict, images: jax.Array, masks: jax.Array
+) -> jax.Array:
+    """Logits `[B, H, W, C]` for the posterior's representative z given the masks `[B, H, W]`."""
+    return model.apply(variables, images, masks, method=_posterior_reconstruction)
