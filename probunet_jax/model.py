@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 
 from probunet_jax import distributions
-from probunet_jax.networks import Head, LatentNet, UNet
+from probunet_jax.networks import Head, LatentNet, UNet, check_image
 
 
 class ModelOutput(NamedTuple):
@@ -91,6 +91,7 @@ class ProbabilisticUNet(nn.Module):
 
     def posterior(self, image: jax.Array, mask: jax.Array, *, train: bool) -> distrax.Distribution:
         """q(z|x,y) on the image concatenated with the mask (one-hot if multi-class)."""
+        check_image(image, len(self.filters))
         check_mask(mask, image, self.num_classes)
         if self.num_classes == 1:
             mask_channels = mask[..., None].astype(image.dtype)

@@ -1,0 +1,40 @@
+r"""Prints the parameter counts of the paper's variants (U-Net, prior, posterior, head, total).
+
+python -m experiments.count_params                      # all variants, 128×128, paper network
+python -m experiments.count_params --variants=mixture_fc --filters=16,32,64,128
+"""
+
+from collections.abc import Sequence
+
+from absl import app, flags
+
+from probunet_jax import presets
+from probunet_jax.model import model_from_config, parameter_counts
+
+_VARIANTS = flags.DEFINE_list("variants", list(presets.VARIANTS), "Variants to count.")
+_FILTERS = flags.DEFINE_list(
+    "filters", [str(f) for f in presets.PAPER_FILTERS], "Block widths, last = bottleneck."
+)
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 128, "Image height and width.")
+
+COLUMNS = ("unet", "prior_net", "posterior_net", "head", "total")
+
+
+def count_table(variants: Sequence[str], filters: Sequence[int], image_size: int) -> str:
+    """A Markdown table of `parameter_counts` per variant."""
+    lines = ["| variant | " + " | ".join(COLUMNS) + " |", "|---" + "|---:" * len(COLUMNS) + "|"]
+    for variant in variants:
+        model = model_from_config(presets.model_config(variant, filters=tuple(filters)))
+        counts = parameter_counts(model, (image_size, image_size, 1))
+        lines.append(f"| {variant} | " + " | ".join(f"{counts[c]:,}" for c in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    print(count_table(_VARIANTS.value, [int(f) for f in _FILTERS.value], _IMAGE_SIZE.value))
+
+
+if __name__ == "__main__":
+    app.run(main)
