@@ -1,0 +1,264 @@
+"""Test-set evaluation: S samples per image, every metric, the oracle on synthetic data.
+
+:func:`evaluate_model` is what ``experiments/evaluate.py`` and ``train.train_and_evaluate``
+call. Per batch of ``config.eval.batch_size`` images it
+
+1. draws S samples z ~ p(z|x) per image with the jit-compiled sampler
+   (:func:`probunet_jax.sampling.sample_logits`, vmapped over images so that image ``i`` gets
+   the key ``fold_in(key, i)``: the results do not depend on the batch size),
+2. turns the logits into hard masks and foreground probabilities (sigmoid; the NCC uses them),
+3. computes every per-image metric of :func:`probunet_jax.metrics.evaluate_images` on device,
+4. on the synthetic set also the GED of S fresh masks from each image's true annotation
+   distribution (``oracle_*`` columns, see :func:`oracle_samples`): the best score attainable.
+
+Padding rows of the last batch are dropped. The first few images with their samples are kept
+for the sample grids (Fig. 4), and everything is written with
+:func:`probunet_jax.reporting.write_evaluation` when a workdir is given.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from probunet_jax import data, metrics, reporting, sampling
+from probunet_jax.data import synthetic
+from probunet_jax.model import ProbabilisticUNet, model_from_config
+
+NUM_EXAMPLES = 8  # Images kept with their samples for the sample grids (Fig. 4).
+ORACLE_STREAM = 0x0AC1E  # Separates the oracle's numpy seeds from other uses of the key.
+EVAL_SPLITS = ("validation", "test", "train")
+LOG_EVERY_S = 10.0
+
+
+class SampleBatch(NamedTuple):
+    """S samples of each image of a batch."""
+
+    masks: jax.Array  # [B, S, H, W] uint8, hard masks (foreground != 0)
+    probs: jax.Array  # [B, S, H, W] float32, foreground probabilities
+
+
+def foreground_probs(logits: jax.Array) -> jax.Array:
+    """Foreground probability `[...]` from logits `[..., C]`: sigmoid if C = 1, else 1 − p(0)."""
+    if logits.shape[-1] == 1:
+        return jax.nn.sigmoid(logits[..., 0])
+    return 1.0 - jax.nn.softmax(logits, axis=-1)[..., 0]
+
+
+def image_keys(key: jax.Array, indices: jax.Array) -> jax.Array:
+    """One key per image `[B]`: ``fold_in(key, index)`` of its test-set index `[B]`."""
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, indices)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "num_samples"))
+def sample_batch(
+    model: ProbabilisticUNet,
+    variables: dict,
+    images: jax.Array,
+    keys: jax.Array,
+    num_samples: int,
+) -> SampleBatch:
+    """S samples for each image `[B, H, W, C]`, image ``b`` drawn with ``keys[b]``."""
+
+    def one_image(image: jax.Array, key: jax.Array) -> jax.Array:
+        logits = sampling.sample_logits(model, variables, image[None], key, num_samples)
+        return logits[0]  # [S, H, W, C]
+
+    logits = jax.vmap(one_image)(images, keys)  # [B, S, H, W, C]
+    return SampleBatch(sampling.logits_to_masks(logits), foreground_probs(logits))
+
+
+# --------------------------------------------------------------------------- oracle
+
+
+def _numpy_seed(key: jax.Array) -> tuple[int, ...]:
+    """The words of a JAX key as a numpy seed sequence."""
+    return tuple(int(w) for w in np.asarray(jax.random.key_data(key)).ravel())
+
+
+def oracle_samples(
+    truth: Mapping[str, np.ndarray],
+    indices: np.ndarray,
+    image_size: int,
+    num_samples: int,
+    key: jax.Array,
+) -> np.ndarray:
+    """S fresh masks per image from its true annotation distribution, uint8 `[B, S, H, W]`.
+
+    ``truth`` holds the batched ``'truth'`` features `[B, ...]` of synthetic examples and
+    ``indices`` `[B]` their test-set indices: image ``i``'s graders' latents are drawn from
+    ``numpy.random.default_rng((*key words, ORACLE_STREAM, i))``, so the oracle does not
+    depend on the batch size, and all models evaluated with the same key share it.
+    """
+    seed = _numpy_seed(key)
+    choices, levels = [], []
+    for b, index in enumerate(np.asarray(indices)):  # Only S latents per image here.
+        rng = np.random.default_rng((*seed, ORACLE_STREAM, int(index)))
+        one = {name: np.asarray(value)[b : b + 1] for name, value in truth.items()}
+        choice, level = synthetic.sample_latents(one, num_samples, rng)
+        choices.append(choice)
+        levels.append(level)
+    profiles = synthetic.lesion_profiles(truth, image_size)  # Rendering is batched.
+    return synthetic.render_masks(profiles, np.concatenate(choices), np.concatenate(levels))
+
+
+def oracle_metrics(oracle: np.ndarray, annotations: np.ndarray) -> dict[str, np.ndarray]:
+    """``oracle_ged`` and its break-up `[B]` of oracle masks `[B, S, H, W]` vs annotations."""
+    result = metrics.generalized_energy_distance(oracle, annotations)
+    return {
+        reporting.ORACLE_GED: np.asarray(result.ged),
+        "oracle_sample_annotation_distance": np.asarray(result.sample_annotation_distance),
+        "oracle_sample_diversity": np.asarray(result.sample_diversity),
+    }
+
+
+def _stack_truth(examples: list[dict]) -> dict[str, np.ndarray]:
+    return {name: np.stack([e["truth"][name] for e in examples]) for name in examples[0]["truth"]}
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+class _Collected(NamedTuple):
+    per_image: dict[str, np.ndarray]
+    examples: reporting.Examples
+
+
+def _check_arguments(split: str, num_samples: int, batch_size: int) -> None:
+    if split not in EVAL_SPLITS:
+        raise ValueError(f"Unknown split {split!r}; expected one of {EVAL_SPLITS}.")
+    if int(num_samples) < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
+    if int(batch_size) < 1:
+        raise ValueError(f"eval batch_size must be >= 1, got {batch_size}.")
+
+
+def summarize(
+    model_name: str, per_image: Mapping[str, np.ndarray], *, num_samples: int
+) -> dict[str, object]:
+    """The content of ``summary.json`` (see :mod:`probunet_jax.reporting`) without writing it."""
+    frame = reporting._per_image_frame(per_image)
+    return {
+        "model": model_name,
+        "num_samples": int(num_samples),
+        "num_images": len(frame),
+        "metrics": {name: reporting._stat_summary(frame[name].to_numpy()) for name in frame},
+    }
+
+
+def _collect(
+    config: ml_collections.ConfigDict,
+    variables: dict,
+    split: str,
+    num_samples: int,
+    batch_size: int,
+    key: jax.Array,
+) -> _Collected:
+    """Runs the model over ``split``; per-image columns (padding dropped) and the examples."""
+    model = model_from_config(config.model)
+    source = data.get_data_source(config.data, split)
+    with_oracle = config.data.name == "synthetic" and "truth" in source[0]
+    batches = data.make_eval_batches(config.data, split, batch_size)
+    sample_key, oracle_key = jax.random.split(key)
+    columns: dict[str, list[np.ndarray]] = {}
+    kept: list[tuple[np.ndarray, ...]] = []
+    num_kept = done = 0
+    start = last_log = time.perf_counter()
+    for batch in batches:
+        valid = np.asarray(batch["valid"])
+        indices = np.asarray(batch["index"])
+        keys = image_keys(sample_key, jnp.asarray(indices))
+        samples = sample_batch(model, variables, batch["image"], keys, num_samples)
+        # The full (padded) batch keeps one compiled shape; padding rows are dropped after.
+        values = metrics.evaluate_images(samples.masks, batch["masks"], samples.probs)
+        values = {name: v[valid] for name, v in values.items()}
+        values["index"] = indices[valid]
+        if with_oracle and valid.any():
+            examples = source.__getitems__(indices[valid].tolist())
+            image_size = batch["image"].shape[1]
+            oracle = oracle_samples(
+                _stack_truth(examples), indices[valid], image_size, num_samples, oracle_key
+            )
+            values.update(oracle_metrics(oracle, batch["masks"][valid]))
+        for name, value in values.items():
+            columns.setdefault(name, []).append(value)
+        if num_kept < NUM_EXAMPLES:
+            take = np.flatnonzero(valid)[: NUM_EXAMPLES - num_kept]
+            masks = np.asarray(samples.masks)[take]
+            kept.append((batch["image"][take, ..., 0], batch["masks"][take], masks, indices[take]))
+            num_kept += len(take)
+        done += int(valid.sum())
+        now = time.perf_counter()
+        if now - last_log > LOG_EVERY_S:
+            logging.info("eval %s: %d images, %.1f images/s", split, done, done / (now - start))
+            last_log = now
+    elapsed = time.perf_counter() - start
+    logging.info(
+        "eval %s: %d images x %d samples in %.1f s (%.1f images/s, compilation included)",
+        split,
+        done,
+        num_samples,
+        elapsed,
+        done / max(elapsed, 1e-9),
+    )
+    per_image = {name: np.concatenate(parts) for name, parts in columns.items()}
+    examples = reporting.Examples(*(np.concatenate(parts) for parts in zip(*kept, strict=True)))
+    return _Collected(per_image, examples)
+
+
+def evaluate_model(
+    config: ml_collections.ConfigDict,
+    variables: dict,
+    *,
+    workdir: str | os.PathLike | None = None,
+    split: str | None = None,
+    num_samples: int | None = None,
+    key: jax.Array | None = None,
+    batch_size: int | None = None,
+    model_name: str | None = None,
+) -> dict:
+    """Evaluates the model of ``config.model`` with ``variables`` on a split of ``config.data``.
+
+    Args:
+      config: the run's config (``model``, ``data``, ``eval``: ``num_samples``, ``batch_size``,
+        ``split``; ``seed``).
+      variables: the model's ``{'params', 'batch_stats'}``.
+      workdir: if given, ``workdir/eval/{per_image.csv,samples.npz,summary.json}`` are written.
+      split: 'test' (default ``config.eval.split``), 'validation' or 'train'.
+      num_samples: samples per image (default ``config.eval.num_samples``; the paper's 16).
+      key: sampling key (default ``jax.random.key(config.seed)``); results are a deterministic
+        function of it, whatever the batch size.
+      batch_size: images per batch (default ``config.eval.batch_size``).
+      model_name: the name in the summary and the comparison (default the variant name).
+
+    Returns:
+      the summary (the content of ``summary.json``): ``summary['metrics'][column]`` holds the
+      ``mean``, ``std``, ``median`` and ``count`` of each per-image column, e.g. ``'ged'``
+      and, on synthetic data, ``'oracle_ged'``.
+    """
+    split = config.eval.split if split is None else split
+    num_samples = config.eval.num_samples if num_samples is None else num_samples
+    batch_size = config.eval.batch_size if batch_size is None else batch_size
+    _check_arguments(split, num_samples, batch_size)
+    num_samples, batch_size = int(num_samples), int(batch_size)
+    key = jax.random.key(config.seed) if key is None else key
+    model_name = config.model.variant if model_name is None else model_name
+    collected = _collect(config, variables, split, num_samples, batch_size, key)
+    if workdir is None:
+        return summarize(model_name, collected.per_image, num_samples=num_samples)
+    folder = reporting.write_evaluation(
+        workdir, model_name, collected.per_image, collected.examples, num_samples=num_samples
+    )
+    logging.info("wrote the evaluation to %s", folder)
+    return json.loads((Path(folder) / reporting.SUMMARY_FILE).read_text())

@@ -1,0 +1,132 @@
+"""evaluate_model on a tiny untrained model: files, metrics and oracle against direct
+recomputations, determinism, independence of the batch size, bad input."""
+
+import json
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from probunet_jax import data, evaluation, metrics, presets, reporting, sampling
+from probunet_jax.data import synthetic
+from probunet_jax.model import init_variables, model_from_config
+
+SIZE, NUM_TEST, NUM_SAMPLES, BATCH = 16, 6, 4, 4
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+    config = ml_collections.ConfigDict()
+    config.model = presets.model_config(
+        "mixture_fc", filters=(4, 8), convs_per_block=1, head_depth=2
+    )
+    config.data = data.default_data_config()
+    config.data.update(
+        data_dir=str(tmp_path_factory.mktemp("data")),
+        image_size=SIZE,
+        num_annotations=3,
+        num_train=2,
+        num_validation=2,
+        num_test=NUM_TEST,
+    )
+    config.eval = ml_collections.ConfigDict(
+        dict(num_samples=NUM_SAMPLES, batch_size=BATCH, split="test")
+    )
+    config.seed = 3
+    return config
+
+
+@pytest.fixture(scope="module")
+def variables(config):
+    model = model_from_config(config.model)
+    return init_variables(model, jax.random.key(0), (SIZE, SIZE, 1))
+
+
+@pytest.fixture(scope="module")
+def evaluated(config, variables, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    summary = evaluation.evaluate_model(config, variables, workdir=workdir)
+    return workdir, summary, reporting.load_evaluation(workdir)
+
+
+def test_writes_the_three_files_with_one_row_per_test_image(evaluated):
+    workdir, summary, loaded = evaluated
+    folder = workdir / reporting.EVAL_DIR
+    for name in (reporting.PER_IMAGE_FILE, reporting.SAMPLES_FILE, reporting.SUMMARY_FILE):
+        assert (folder / name).is_file()
+    assert json.loads((folder / reporting.SUMMARY_FILE).read_text()) == summary
+    assert summary["model"] == "mixture_fc" and summary["num_samples"] == NUM_SAMPLES
+    assert summary["num_images"] == NUM_TEST  # The padding of the last batch is dropped.
+    assert list(loaded.per_image.index) == list(range(NUM_TEST))
+    expected = {*reporting.METRICS, reporting.ORACLE_GED}
+    assert expected <= set(loaded.per_image.columns)
+    assert np.isfinite(summary["metrics"]["ged"]["mean"])
+    assert np.isfinite(summary["metrics"][reporting.ORACLE_GED]["mean"])
+    examples = loaded.examples
+    assert examples.samples.shape == (NUM_TEST, NUM_SAMPLES, SIZE, SIZE)  # NUM_TEST < 8.
+    assert examples.annotations.shape == (NUM_TEST, 3, SIZE, SIZE)
+    np.testing.assert_array_equal(examples.indices, np.arange(NUM_TEST))
+
+
+def test_metrics_match_a_direct_recomputation(config, variables, evaluated):
+    _, _, loaded = evaluated
+    model = model_from_config(config.model)
+    source = data.get_data_source(config.data, "test")
+    sample_key, _ = jax.random.split(jax.random.key(config.seed))
+    for i in range(NUM_TEST):
+        example = source[i]
+        key = jax.random.fold_in(sample_key, i)
+        samples = sampling.sample_masks(model, variables, example["image"][None], key, NUM_SAMPLES)
+        annotations = example["masks"][None]
+        direct = metrics.generalized_energy_distance(samples, annotations)
+        row = loaded.per_image.loc[i]
+        np.testing.assert_allclose(row["ged"], direct.ged[0], atol=1e-6)
+        np.testing.assert_allclose(row["sample_diversity"], direct.sample_diversity[0], atol=1e-6)
+        np.testing.assert_allclose(row["annotation_diversity"], direct.annotation_diversity[0])
+        if i < len(loaded.examples.indices):
+            np.testing.assert_array_equal(loaded.examples.samples[i], samples[0])
+            np.testing.assert_array_equal(loaded.examples.annotations[i], example["masks"])
+
+
+def test_oracle_matches_a_direct_oracle_computation(config, evaluated):
+    _, _, loaded = evaluated
+    source = data.get_data_source(config.data, "test")
+    _, oracle_key = jax.random.split(jax.random.key(config.seed))
+    seed = tuple(int(w) for w in np.asarray(jax.random.key_data(oracle_key)).ravel())
+    for i in range(NUM_TEST):
+        example = source[i]
+        rng = np.random.default_rng((*seed, evaluation.ORACLE_STREAM, i))
+        oracle = synthetic.sample_annotations(example, NUM_SAMPLES, rng)
+        direct = metrics.generalized_energy_distance(oracle[None], example["masks"][None])
+        row = loaded.per_image.loc[i]
+        np.testing.assert_allclose(row[reporting.ORACLE_GED], direct.ged[0], atol=1e-6)
+        np.testing.assert_allclose(
+            row["oracle_sample_diversity"], direct.sample_diversity[0], atol=1e-6
+        )
+
+
+def test_deterministic_and_independent_of_the_batch_size(config, variables, evaluated):
+    _, summary, _ = evaluated
+    assert evaluation.evaluate_model(config, variables) == summary
+    assert evaluation.evaluate_model(config, variables, batch_size=5) == summary
+    other = evaluation.evaluate_model(config, variables, key=jax.random.key(config.seed + 1))
+    assert other["metrics"]["ged"] != summary["metrics"]["ged"]
+
+
+def test_split_and_num_samples_overrides(config, variables):
+    summary = evaluation.evaluate_model(config, variables, split="validation", num_samples=2)
+    assert summary["num_images"] == 2 and summary["num_samples"] == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(split="tset"), "Unknown split"),
+        (dict(num_samples=0), "num_samples"),
+        (dict(batch_size=0), "batch_size"),
+    ],
+)
+def test_bad_input(config, variables, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        evaluation.evaluate_model(config, variables, **kwargs)
