@@ -21,7 +21,7 @@ Image.
   4. Candidate structures (0, 1 or 2, see scenarios): each a round-ish blob with radius
      ``r0 = max(U(0.04, 0.12) * S, 2)``, boundary ``r(theta) = r0 (1 + sum_m a_m cos(m theta +
      phi_m))`` for ``m = 2, 3, 4`` with ``a_m ~ U(0, 0.08)``, and a blurred edge of width
-     ``sigma = U(0.1, 0.5) * r0``: the profile is ``g(x) = Phi((r(theta) - |x - c|) / sigma)``
+     ``sigma = U(0.06, 0.3) * r0``: the profile is ``g(x) = Phi((r(theta) - |x - c|) / sigma)``
      (``Phi`` the normal CDF), added to the image as ``contrast * g``.
   5. White noise of std ``U(0.01, 0.03)``; the result is clipped to [0, 1].
 
