@@ -11,7 +11,9 @@ call. Per batch of ``config.eval.batch_size`` images it
 4. on the synthetic set also the GED of S fresh masks from each image's true annotation
    distribution (``oracle_*`` columns, see :func:`oracle_samples`): the best score attainable.
 
-Padding rows of the last batch are dropped. The first few images with their samples are kept
+Padding rows of the last batch are dropped. Batches are sharded over this process's devices
+(variables replicated); with several processes each evaluates the whole split and process 0
+writes the files. The first few images with their samples are kept
 for the sample grids (Fig. 4), and everything is written with
 :func:`probunet_jax.reporting.write_evaluation` when a workdir is given.
 """
@@ -32,7 +34,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from probunet_jax import data, metrics, reporting, sampling
+from jax.sharding import NamedSharding, PartitionSpec
+
+from probunet_jax import data, metrics, reporting, sampling, sharding
 from probunet_jax.data import synthetic
 from probunet_jax.model import ProbabilisticUNet, model_from_config
 
@@ -77,6 +81,41 @@ def sample_batch(
 
     logits = jax.vmap(one_image)(images, keys)  # [B, S, H, W, C]
     return SampleBatch(sampling.logits_to_masks(logits), foreground_probs(logits))
+
+
+class Placement(NamedTuple):
+    """Where evaluation runs: this process's devices, images sharded over them if > 1."""
+
+    variables: dict  # replicated over ``batch`` devices
+    batch: NamedSharding  # sharding of per-image arrays `[B, ...]`
+
+
+def _local_replica(x):
+    """A fully addressable copy of a replicated array (e.g. from a multi-host training mesh)."""
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+        return x
+    if not x.sharding.is_fully_replicated:
+        raise ValueError(
+            f"evaluation needs replicated variables, got an array sharded as {x.sharding}."
+        )
+    return x.addressable_data(0)
+
+
+def place(variables: dict, batch_size: int) -> Placement:
+    """Replicates ``variables`` over this process's devices and shards batches over them; a
+    single device if the batch size is not divisible by the local device count."""
+    devices = jax.local_devices()
+    if batch_size % len(devices):
+        logging.info(
+            "eval batch size %d is not divisible by %d local devices: evaluating on one device.",
+            batch_size,
+            len(devices),
+        )
+        devices = devices[:1]
+    mesh = sharding.make_mesh(devices)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    variables = jax.device_put(jax.tree.map(_local_replica, variables), replicated)
+    return Placement(variables, NamedSharding(mesh, PartitionSpec(sharding.DATA_AXIS)))
 
 
 # --------------------------------------------------------------------------- oracle
@@ -170,6 +209,7 @@ def _collect(
     source = data.get_data_source(config.data, split)
     with_oracle = config.data.name == "synthetic" and "truth" in source[0]
     batches = data.make_eval_batches(config.data, split, batch_size)
+    placement = place(variables, batch_size)
     sample_key, oracle_key = jax.random.split(key)
     columns: dict[str, list[np.ndarray]] = {}
     kept: list[tuple[np.ndarray, ...]] = []
@@ -178,10 +218,13 @@ def _collect(
     for batch in batches:
         valid = np.asarray(batch["valid"])
         indices = np.asarray(batch["index"])
-        keys = image_keys(sample_key, jnp.asarray(indices))
-        samples = sample_batch(model, variables, batch["image"], keys, num_samples)
+        images, annotations, keys = jax.device_put(
+            (batch["image"], batch["masks"], image_keys(sample_key, jnp.asarray(indices))),
+            placement.batch,
+        )
+        samples = sample_batch(model, placement.variables, images, keys, num_samples)
         # The full (padded) batch keeps one compiled shape; padding rows are dropped after.
-        values = metrics.evaluate_images(samples.masks, batch["masks"], samples.probs)
+        values = metrics.evaluate_images(samples.masks, annotations, samples.probs)
         values = {name: v[valid] for name, v in values.items()}
         values["index"] = indices[valid]
         if with_oracle and valid.any():
@@ -255,7 +298,7 @@ def evaluate_model(
     key = jax.random.key(config.seed) if key is None else key
     model_name = config.model.variant if model_name is None else model_name
     collected = _collect(config, variables, split, num_samples, batch_size, key)
-    if workdir is None:
+    if workdir is None or jax.process_index() != 0:
         return summarize(model_name, collected.per_image, num_samples=num_samples)
     folder = reporting.write_evaluation(
         workdir, model_name, collected.per_image, collected.examples, num_samples=num_samples

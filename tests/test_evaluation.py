@@ -106,10 +106,17 @@ def test_oracle_matches_a_direct_oracle_computation(config, evaluated):
         )
 
 
+def _assert_same_summary(a, b):
+    """Equal up to float rounding (the NCC's reductions may differ across batch shapes)."""
+    assert a.keys() == b.keys() and a["metrics"].keys() == b["metrics"].keys()
+    for column, stats in a["metrics"].items():
+        assert stats == pytest.approx(b["metrics"][column], rel=1e-5, abs=1e-6), column
+
+
 def test_deterministic_and_independent_of_the_batch_size(config, variables, evaluated):
     _, summary, _ = evaluated
     assert evaluation.evaluate_model(config, variables) == summary
-    assert evaluation.evaluate_model(config, variables, batch_size=5) == summary
+    _assert_same_summary(evaluation.evaluate_model(config, variables, batch_size=5), summary)
     other = evaluation.evaluate_model(config, variables, key=jax.random.key(config.seed + 1))
     assert other["metrics"]["ged"] != summary["metrics"]["ged"]
 
