@@ -2,6 +2,11 @@
 recomputations, determinism, independence of the batch size, bad input."""
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import ml_collections
@@ -137,3 +142,95 @@ def test_split_and_num_samples_overrides(config, variables):
 def test_bad_input(config, variables, kwargs, message):
     with pytest.raises(ValueError, match=message):
         evaluation.evaluate_model(config, variables, **kwargs)
+
+
+# --------------------------------------------------------------------------- the CLIs
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CONFIG = str(REPO / "experiments" / "configs" / "test.py")
+
+
+def _run(module: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_variant_configs_swap_only_the_latent_settings():
+    from experiments import paper
+
+    config = paper.variant_config(TINY_CONFIG, "lr", "synthetic", ["train.num_steps=3"])
+    assert (config.model.variant, config.model.latent_kind, config.model.rank) == ("lr", "lr", 2)
+    assert tuple(config.model.filters) == (4, 8) and config.train.num_steps == 3
+    for override, message in [
+        ("train.num_stepz=3", "Unknown config field"),
+        ("train.num_steps", "key.path=value"),
+        ("train.num_steps='many'", "Bad value"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            paper.variant_config(TINY_CONFIG, "aa", "synthetic", [override])
+    with pytest.raises(ValueError, match="Unknown variant"):
+        paper.variant_config(TINY_CONFIG, "gaussian", "synthetic")
+    with pytest.raises(ValueError, match="eval.num_samples"):
+        paper.variant_config(TINY_CONFIG, "aa", "synthetic", ["eval.num_samples=0"])
+
+
+@pytest.fixture(scope="module")
+def paper_root(tmp_path_factory):
+    """The tiny paper pipeline for two variants (~1 min on 2 CPU cores)."""
+    root = tmp_path_factory.mktemp("paper")
+    args = ["--root", str(root), "--tiny", "--variants=aa,fc"]
+    args.append(f"--override=data.data_dir={tmp_path_factory.mktemp('paper_data')}")
+    result = _run("experiments.paper", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root, args, result
+
+
+@pytest.mark.slow
+def test_paper_pipeline_trains_evaluates_and_compares(paper_root):
+    root, args, result = paper_root
+    comparison = root / "comparison"
+    for name in ("table1_ged.md", "table1_ged.csv", "wilcoxon_ged.csv", "wilcoxon_ged.md"):
+        assert (comparison / name).is_file(), name
+    assert (comparison / "fig2_ged_letter_values.png").is_file()
+    assert (comparison / "fig3_ged_breakup.png").is_file()
+    assert list(comparison.glob("fig4_samples_*.png"))
+    assert "Table 1" in result.stdout and "Oracle GED" in result.stdout
+    for variant in ("aa", "fc"):
+        summary = json.loads((root / variant / "eval" / "summary.json").read_text())
+        assert summary["model"] == variant
+        assert np.isfinite(summary["metrics"]["oracle_ged"]["mean"])
+    # A second run skips the evaluated variants and only rebuilds the comparison.
+    summary_file = root / "aa" / "eval" / "summary.json"
+    before = summary_file.stat().st_mtime_ns
+    again = _run("experiments.paper", *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "evaluated already: skipping" in again.stderr
+    assert summary_file.stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_evaluate_cli_restores_the_best_checkpoint(paper_root, tmp_path):
+    root, _, _ = paper_root
+    workdir = tmp_path / "aa"
+    shutil.copytree(root / "aa", workdir)
+    result = _run(
+        "experiments.evaluate", f"--workdir={workdir}", "--num_samples=3", "--split=validation"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((workdir / "eval" / "summary.json").read_text())
+    assert summary["num_samples"] == 3 and summary["model"] == "aa"
+    assert "| GED |" in result.stdout and "| Oracle GED |" in result.stdout
+
+
+def test_evaluate_cli_errors(tmp_path):
+    missing = _run("experiments.evaluate", f"--workdir={tmp_path / 'nothing'}")
+    assert missing.returncode != 0 and "does not exist" in missing.stderr
+    empty = _run("experiments.evaluate", f"--workdir={tmp_path}")
+    assert empty.returncode != 0 and "not a training workdir" in empty.stderr
