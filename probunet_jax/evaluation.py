@@ -33,7 +33,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-
 from jax.sharding import NamedSharding, PartitionSpec
 
 from probunet_jax import data, metrics, reporting, sampling, sharding
@@ -213,8 +212,9 @@ def _collect(
     sample_key, oracle_key = jax.random.split(key)
     columns: dict[str, list[np.ndarray]] = {}
     kept: list[tuple[np.ndarray, ...]] = []
-    num_kept = done = 0
+    num_kept = done = first_done = 0
     start = last_log = time.perf_counter()
+    first_time = None  # After the first batch: compilation is done.
     for batch in batches:
         valid = np.asarray(batch["valid"])
         indices = np.asarray(batch["index"])
@@ -243,17 +243,23 @@ def _collect(
             num_kept += len(take)
         done += int(valid.sum())
         now = time.perf_counter()
+        if first_time is None:
+            first_time, first_done = now, done
         if now - last_log > LOG_EVERY_S:
             logging.info("eval %s: %d images, %.1f images/s", split, done, done / (now - start))
             last_log = now
-    elapsed = time.perf_counter() - start
+    end = time.perf_counter()
+    steady = ""
+    if done > first_done:
+        steady = f", {(done - first_done) / max(end - first_time, 1e-9):.1f} after the first batch"
     logging.info(
-        "eval %s: %d images x %d samples in %.1f s (%.1f images/s, compilation included)",
+        "eval %s: %d images x %d samples in %.1f s (%.1f images/s%s)",
         split,
         done,
         num_samples,
-        elapsed,
-        done / max(elapsed, 1e-9),
+        end - start,
+        done / max(end - start, 1e-9),
+        steady,
     )
     per_image = {name: np.concatenate(parts) for name, parts in columns.items()}
     examples = reporting.Examples(*(np.concatenate(parts) for parts in zip(*kept, strict=True)))
