@@ -109,9 +109,10 @@ def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
 
 
 def variant_config(
-    config_file: str, variant: str, dataset: str, overrides: Sequence[str] = ()
+    config_file: str, variant: str, dataset: str | None = None, overrides: Sequence[str] = ()
 ) -> ml_collections.ConfigDict:
-    """The training config of one variant (see the module docstring)."""
+    """The training config of one variant (see the module docstring); ``dataset`` (if given)
+    replaces ``config.data.name``."""
     if variant not in presets.VARIANTS:
         raise ValueError(f"Unknown variant {variant!r}; expected one of {list(presets.VARIANTS)}.")
     get_config = load_config_module(config_file).get_config
@@ -121,7 +122,8 @@ def variant_config(
         config = get_config()
     config = ml_collections.ConfigDict(config.to_dict())  # Unlocked, our own copy.
     config.model = with_variant(config.model, variant)
-    config.data.name = dataset
+    if dataset is not None:
+        config.data.name = dataset
     for override in overrides:
         apply_override(config, override)
     if int(config.eval.num_samples) < 1:
@@ -179,10 +181,11 @@ def main(argv: Sequence[str]) -> None:
     if _TINY.value and _CONFIG.value:
         raise app.UsageError("Give either --tiny or --config, not both.")
     config_file = TINY_CONFIG if _TINY.value else _CONFIG.value or DEFAULT_CONFIGS[_DATASET.value]
+    # A given --config keeps its data set unless --dataset is given too.
+    dataset = _DATASET.value if flags.FLAGS["dataset"].present or not _CONFIG.value else None
     try:
         configs = {
-            v: variant_config(config_file, v, _DATASET.value, _OVERRIDE.value)
-            for v in _VARIANTS.value
+            v: variant_config(config_file, v, dataset, _OVERRIDE.value) for v in _VARIANTS.value
         }
         result = run_pipeline(_ROOT.value, _VARIANTS.value, configs)
     except (FileNotFoundError, ValueError) as e:

@@ -207,7 +207,10 @@ def _collect(
     model = model_from_config(config.model)
     source = data.get_data_source(config.data, split)
     with_oracle = config.data.name == "synthetic" and "truth" in source[0]
-    batches = data.make_eval_batches(config.data, split, batch_size)
+    # Every process evaluates the whole split (process 0 writes): no cross-host gather needed.
+    batches = data.make_eval_batches(
+        config.data, split, batch_size, process_index=0, process_count=1
+    )
     placement = place(variables, batch_size)
     sample_key, oracle_key = jax.random.split(key)
     columns: dict[str, list[np.ndarray]] = {}
