@@ -672,7 +672,7 @@ class RayOptions(NamedTuple):
 
     Attributes:
       address: Ray cluster address (``None``: start a local instance, ``'auto'``: join one).
-      chunk_steps: steps between reports (ASHA rungs); 0 = ``train.eval_every_steps``.
+      chunk_steps: steps between reports (ASHA rungs); 0 = :func:`default_chunk_steps`.
       max_concurrent: trials running at once (0 = as many as resources allow).
       cpus_per_trial, gpus_per_trial: resources of one trial.
       grace_period: reports before ASHA may stop a trial.
@@ -686,6 +686,27 @@ class RayOptions(NamedTuple):
     gpus_per_trial: float = 0.0
     grace_period: int = 1
     reduction_factor: int = 3
+
+
+def default_chunk_steps(config: ml_collections.ConfigDict) -> int:
+    """Steps between Ray reports: ``train.eval_every_steps``, or one epoch when that is 0
+    (one pass over ``data.num_train`` examples; a tenth of the run for LIDC)."""
+    every = int(config.train.eval_every_steps)
+    if every > 0:
+        return every
+    if config.data.name == "synthetic":
+        return max(1, int(config.data.num_train) // int(config.train.batch_size))
+    return max(1, int(config.train.num_steps) // 10)
+
+
+def with_absolute_paths(trial: Trial) -> Trial:
+    """The trial with ``data.data_dir`` and ``data.manual_dir`` made absolute (from this
+    process's working directory): Ray runs trials in other working directories. The id stays."""
+    config = ml_collections.ConfigDict(trial.config.to_dict())
+    for field in ("data_dir", "manual_dir"):
+        if config.data.get(field):
+            config.data[field] = os.path.abspath(os.path.expanduser(config.data[field]))
+    return trial._replace(config=config)
 
 
 def _ray_trainable(trials: dict[str, Trial], root: str, trial_fn: TrialFn, chunk_steps: int):
@@ -710,6 +731,7 @@ def run_ray(
     ASHA stops the worse trials at its rungs (those keep ``progress.json``, status "stopped").
     Trials write to ``root/trials/<id>``, so on a multi-node cluster ``root`` must be shared
     storage. Finished trials are not re-run. Returns every trial's state read from disk.
+    Checked with Ray 2.60 (``tests/test_sweep.py::test_ray_backend_tiny``, skipped without Ray).
     """
     options = RayOptions() if options is None else options
     tune = import_ray_tune()
@@ -720,12 +742,12 @@ def run_ray(
         raise ValueError("Empty search space: no trials to run.")
     root = os.path.abspath(root)
     steps = int(trials[0].config.train.num_steps)
-    chunk = options.chunk_steps or int(trials[0].config.train.eval_every_steps)
+    chunk = options.chunk_steps or default_chunk_steps(trials[0].config)
     num_chunks = len(chunk_schedule(steps, chunk))
     if not ray.is_initialized():
         ray.init(address=options.address, include_dashboard=False, log_to_driver=False)
     trainable = tune.with_resources(
-        _ray_trainable({t.trial_id: t for t in trials}, root, trial_fn, chunk),
+        _ray_trainable({t.trial_id: with_absolute_paths(t) for t in trials}, root, trial_fn, chunk),
         {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial},
     )
     scheduler = ASHAScheduler(

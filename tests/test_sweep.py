@@ -124,10 +124,23 @@ def test_trials_keep_the_base_network_and_never_test():
     assert sweep.make_trials(other, "mixture_lr")[0].trial_id != ids[0]
 
 
+def test_ray_trials_get_absolute_data_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    trial = sweep.make_trials(_base(), "aa", sweep.SearchSpace((2,), (1.0,)))[0]
+    moved = sweep.with_absolute_paths(trial)
+    assert moved.trial_id == trial.trial_id and trial.config.data.data_dir == "data"
+    assert moved.config.data.data_dir == str(tmp_path / "data")
+    assert moved.config.data.manual_dir == ""
+
+
 def test_chunk_schedule():
     assert sweep.chunk_schedule(10, 4) == [4, 8, 10]
     assert sweep.chunk_schedule(8, 4) == [4, 8]
     assert sweep.chunk_schedule(3, 5) == [3]
+    config = _base()  # 16 training examples, batch 4.
+    assert sweep.default_chunk_steps(config) == config.train.eval_every_steps
+    config.train.eval_every_steps = 0  # One epoch, counted at run time.
+    assert sweep.default_chunk_steps(config) == 4
 
 
 # --------------------------------------------------------------------------- runner, files
@@ -255,8 +268,8 @@ def test_tiny_local_sweep_end_to_end(tmp_path, data_dir):
 
 @pytest.mark.skipif(
     importlib.util.find_spec("ray") is None,
-    reason="Ray is not installed (optional extra: pip install -e '.[ray]'); the Ray Tune "
-    "backend is checked manually, see the docstring of probunet_jax.sweep.run_ray.",
+    reason="Ray is not installed: the Ray Tune backend is an optional extra; to check it, "
+    "pip install -e '.[ray]' && pytest tests/test_sweep.py -k ray",
 )
 def test_ray_backend_tiny(tmp_path, data_dir):
     """2 trials of 4 steps, reported in chunks of 2 to ASHA, on a local 1-CPU Ray instance."""
