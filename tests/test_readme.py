@@ -11,7 +11,8 @@ def _blocks(language: str) -> list[str]:
 
 
 def test_python_examples_run():
-    blocks = _blocks("python")
+    # Examples that read a trained run (runs/...) are exercised by the evaluation tests.
+    blocks = [block for block in _blocks("python") if "runs/" not in block]
     assert blocks
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})
