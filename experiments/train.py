@@ -11,6 +11,7 @@ the cluster from the environment: SLURM, Cloud TPU, or JAX_COORDINATOR_ADDRESS e
 
 from __future__ import annotations
 
+import logging as std_logging
 from collections.abc import Sequence
 
 import jax
@@ -29,9 +30,19 @@ _MULTIHOST = flags.DEFINE_bool(
 flags.mark_flags_as_required(["workdir"])
 
 
+def _quiet_orbax() -> None:
+    """Drops orbax's INFO chatter (a dozen lines per checkpoint) from the log; warnings stay."""
+
+    def keep(record) -> bool:
+        return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+    logging.get_absl_handler().addFilter(keep)
+
+
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    _quiet_orbax()
     if _MULTIHOST.value:
         jax.distributed.initialize()
     logging.info(

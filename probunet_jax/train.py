@@ -43,6 +43,7 @@ from probunet_jax.model import (
 )
 
 EVAL_SPLITS = ("validation", "test")
+ONE_EPOCH = 0  # train.eval_every_steps / checkpoint_every_steps: one epoch of the training split.
 
 
 class TrainState(NamedTuple):
@@ -108,17 +109,17 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         )
     latent_spec_from_config(config.model)
     data_lib.validate_data_config(config.data)
-    for field in (
-        "batch_size",
-        "num_steps",
-        "eval_every_steps",
-        "patience",
-        "checkpoint_every_steps",
-        "log_every_steps",
-        "max_checkpoints_to_keep",
-    ):
-        if int(config.train[field]) < 1:
-            raise ValueError(f"train.{field} must be >= 1, got {config.train[field]}.")
+    for field, low in [
+        ("batch_size", 1),
+        ("num_steps", 1),
+        ("eval_every_steps", ONE_EPOCH),
+        ("patience", 1),
+        ("checkpoint_every_steps", ONE_EPOCH),
+        ("log_every_steps", 1),
+        ("max_checkpoints_to_keep", 1),
+    ]:
+        if int(config.train[field]) < low:
+            raise ValueError(f"train.{field} must be >= {low}, got {config.train[field]}.")
     if not config.train.learning_rate > 0:
         raise ValueError(f"train.learning_rate must be > 0, got {config.train.learning_rate}.")
     if config.eval.split not in EVAL_SPLITS:
@@ -127,6 +128,17 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         )
     if int(config.eval.num_samples) < 0 or int(config.eval.batch_size) < 1:
         raise ValueError("eval.num_samples must be >= 0 (0 skips it) and eval.batch_size >= 1.")
+
+
+def steps_per_epoch(num_examples: int, global_batch: int, process_count: int = 1) -> int:
+    """Steps in one pass over a training split of ``num_examples`` (as the train iterator shards
+    it: ``num_examples // process_count`` records per process, remainders dropped), at least 1."""
+    return max(1, (num_examples // process_count) // (global_batch // process_count))
+
+
+def resolve_interval(value: int, steps_in_epoch: int) -> int:
+    """A step interval of the config: ``ONE_EPOCH`` (0) means ``steps_in_epoch``."""
+    return steps_in_epoch if int(value) == ONE_EPOCH else int(value)
 
 
 def _per_process(global_batch: int, mesh: Mesh, what: str) -> int:
@@ -219,7 +231,7 @@ def make_train_step(
         grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+        metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
         return TrainState(state.step + 1, params, batch_stats, opt_state, state.rng), metrics
 
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -325,20 +337,30 @@ def _format_duration(seconds: float) -> str:
 
 
 class _Progress:
-    """Steps/s, images/s and ETA between two log points."""
+    """Training steps/s and images/s between two log points (evaluations and checkpoints left
+    out), and the ETA (including the evaluations still to come, each as long as the last)."""
 
-    def __init__(self, step: int, num_steps: int, global_batch: int):
-        self.num_steps, self.global_batch = num_steps, global_batch
+    def __init__(self, step: int, num_steps: int, global_batch: int, eval_every: int):
+        self.num_steps, self.global_batch, self.eval_every = num_steps, global_batch, eval_every
         self.step, self.time = step, time.perf_counter()
+        self.eval_seconds = 0.0
+
+    def exclude(self, seconds: float, *, evaluation: bool = False) -> None:
+        """Leaves ``seconds`` spent outside training steps out of the rate."""
+        self.time += seconds
+        if evaluation:
+            self.eval_seconds = seconds
 
     def update(self, step: int) -> dict[str, float]:
         now = time.perf_counter()
         rate = (step - self.step) / max(now - self.time, 1e-9)
         self.step, self.time = step, now
+        evaluations_left = self.num_steps // self.eval_every - step // self.eval_every
+        eta = (self.num_steps - step) / max(rate, 1e-9) + evaluations_left * self.eval_seconds
         return {
             "steps_per_second": rate,
             "images_per_second": rate * self.global_batch,
-            "eta_seconds": (self.num_steps - step) / max(rate, 1e-9),
+            "eta_seconds": eta,
         }
 
 
@@ -424,6 +446,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     processes = dict(process_index=jax.process_index(), process_count=jax.process_count())
 
     train_iter = data_lib.make_train_iterator(config.data, local_batch, **processes)
+    epoch = steps_per_epoch(
+        len(data_lib.get_data_source(config.data, "train")), tc.batch_size, jax.process_count()
+    )
+    eval_every = resolve_interval(tc.eval_every_steps, epoch)
+    checkpoint_every = resolve_interval(tc.checkpoint_every_steps, epoch)
+    logging.info(
+        "%d steps per epoch; validation every %d steps (patience %d evaluations), checkpoints "
+        "every %d steps, at most %d steps.",
+        epoch,
+        eval_every,
+        tc.patience,
+        checkpoint_every,
+        tc.num_steps,
+    )
     validation = data_lib.make_eval_batches(
         config.data, "validation", local_eval_batch, **processes
     )
@@ -454,7 +490,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     train_step = make_train_step(model, optimizer, config, mesh)
     step = int(jax.device_get(state.step))
     start_step, start_time = step, time.perf_counter()
-    progress = _Progress(step, tc.num_steps, tc.batch_size)
+    progress = _Progress(step, tc.num_steps, tc.batch_size, eval_every)
     pending: list[tuple[int, dict]] = []
 
     def evaluate_and_track(state: TrainState, step: int, early: EarlyStopping):
@@ -478,8 +514,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             step += 1
             pending.append((step, metrics))
             log = step % tc.log_every_steps == 0 or step == tc.num_steps
-            evaluate = step % tc.eval_every_steps == 0
-            save = step % tc.checkpoint_every_steps == 0 or step == tc.num_steps
+            evaluate = step % eval_every == 0
+            save = step % checkpoint_every == 0 or step == tc.num_steps
             if not (log or evaluate or save):
                 continue
             fetched = _check_finite(pending, run)  # Never save a state after a bad step.
@@ -501,10 +537,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 )
             pending = []
             if evaluate:
+                started = time.perf_counter()
                 early, improved = evaluate_and_track(state, step, early)
                 if improved:
                     best = _copy(variables_of(state))
                     ckpt.save_best(step, best, {"validation_loss": early.best_loss})
+                progress.exclude(time.perf_counter() - started, evaluation=True)
                 if early.stopped:
                     logging.info(
                         "Early stopping at step %d: no improvement in %d evaluations.",
@@ -513,8 +551,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     )
                     save = True
             if save:
+                started = time.perf_counter()
                 ckpt.save(step, state, best, {"early_stopping": early.to_json()}, train_iter)
-        if early.best_step < 0:  # Fewer steps than eval_every_steps: evaluate what we have.
+                progress.exclude(time.perf_counter() - started)
+        if early.best_step < 0:  # Fewer steps than eval_every: evaluate what we have.
             early, _ = evaluate_and_track(state, step, early)
             ckpt.save_best(step, _copy(variables_of(state)), {"validation_loss": early.best_loss})
         ckpt.wait_until_finished()

@@ -342,3 +342,31 @@ def test_every_variant_takes_finite_steps(variant, cache_dir):
         assert all(np.isfinite(float(v)) for v in metrics.values())
     assert int(state.step) == 2
     assert any(not np.array_equal(a, b) for a, b in zip(before, leaves(state.params), strict=True))
+
+
+def test_early_stopping_counts_evaluations_without_improvement():
+    early = train.EarlyStopping()
+    history = []
+    for step, loss in enumerate([5.0, 4.0, 4.5, 4.0, 3.0, 3.5, 3.9], start=1):
+        early, improved = early.update(loss, step, patience=2)
+        history.append((improved, early.stopped))
+    assert history == [
+        (True, False),
+        (True, False),
+        (False, False),
+        (False, True),  # 2 evaluations without a new best (ties do not count as better).
+        (True, False),
+        (False, False),
+        (False, True),
+    ]
+    assert early.best_loss == 3.0 and early.best_step == 5
+    assert train.EarlyStopping.from_json(json.loads(json.dumps(early.to_json()))) == early
+    assert train.EarlyStopping().to_json()["best_loss"] is None
+
+
+def test_epoch_intervals():
+    assert train.steps_per_epoch(1024, 16) == 64
+    assert train.steps_per_epoch(1030, 16, process_count=2) == 64  # 515 records per process.
+    assert train.steps_per_epoch(3, 16) == 1
+    assert train.resolve_interval(train.ONE_EPOCH, 64) == 64
+    assert train.resolve_interval(10, 64) == 10

@@ -9,8 +9,10 @@ Layout of a training config::
     train.learning_rate       Adam's step size (paper: 1e-4)
     train.num_steps           the most steps to train
     train.eval_every_steps    validation loss every this many steps: an "epoch" for early stopping
+                              (ONE_EPOCH = 0: one pass over the training split, counted at run time)
     train.patience            evaluations without a new best validation loss before stopping
-    train.checkpoint_every_steps, train.max_checkpoints_to_keep   periodic checkpoints
+    train.checkpoint_every_steps, train.max_checkpoints_to_keep   periodic checkpoints (ONE_EPOCH
+                              as above)
     train.log_every_steps     training metrics, steps/s and ETA
     eval.num_samples          samples per test image in the final evaluation (0: skip it)
     eval.batch_size, eval.split   the final evaluation's batch size and split
@@ -18,16 +20,11 @@ Layout of a training config::
 
 from __future__ import annotations
 
-import math
-
 import ml_collections
 
 from probunet_jax import data, presets
 
-
-def steps_per_epoch(num_train: int, batch_size: int) -> int:
-    """Steps in one pass over ``num_train`` examples (remainder dropped, at least 1)."""
-    return max(1, num_train // batch_size)
+ONE_EPOCH = 0  # For train.eval_every_steps / checkpoint_every_steps: one epoch of training data.
 
 
 def get_base_config(
@@ -37,14 +34,15 @@ def get_base_config(
     data_overrides: dict | None = None,
     batch_size: int = 32,
     num_steps: int = 1000,
-    eval_every_steps: int | None = None,
+    eval_every_steps: int = ONE_EPOCH,
     patience: int = 20,
     learning_rate: float = 1e-4,
     log_every_steps: int = 50,
     eval_batch_size: int = 32,
     num_samples: int = 16,
 ) -> ml_collections.ConfigDict:
-    """A complete training config; ``eval_every_steps`` defaults to one epoch of training data.
+    """A complete training config; ``eval_every_steps`` defaults to one epoch of training data
+    (``ONE_EPOCH``, resolved at run time from the size of the training split).
 
     ``model`` overrides fields of ``presets.model_config(variant)`` (e.g. ``filters``), and
     ``data_overrides`` fields of ``data.default_data_config()``. Checkpoints are written at
@@ -55,8 +53,6 @@ def get_base_config(
     config.model = presets.model_config(variant, **(model or {}))
     config.data = data.default_data_config()
     config.data.update(data_overrides or {})
-    if eval_every_steps is None:
-        eval_every_steps = steps_per_epoch(config.data.num_train, batch_size)
     config.train = ml_collections.ConfigDict(
         dict(
             batch_size=batch_size,
@@ -73,8 +69,3 @@ def get_base_config(
         dict(num_samples=num_samples, batch_size=eval_batch_size, split="test")
     )
     return config
-
-
-def epochs_to_steps(epochs: float, config: ml_collections.ConfigDict) -> int:
-    """Training steps of ``epochs`` passes over the training split of ``config``."""
-    return math.ceil(epochs * steps_per_epoch(config.data.num_train, config.train.batch_size))
