@@ -258,20 +258,24 @@ def make_eval_step(
     beta, kl_samples = float(config.model.beta), int(config.model.kl_samples)
 
     def eval_step(variables: dict, batch: dict, key: jax.Array) -> dict:
-        images, masks = batch["image"], batch["masks"]
-        b, a, h, w = masks.shape
-        images = jnp.repeat(images, a, axis=0)  # [B * A, H, W, 1], image-major like masks.
-        masks = masks.reshape(b * a, h, w)
         latent_key, kl_key = jax.random.split(key)
-        output = model.apply(variables, images, masks, train=False, rngs={"latent": latent_key})
-        reconstruction = losses.pixel_cross_entropy(output.logits, masks)
-        kl = distributions.kl_divergence(
-            output.posterior, output.prior, key=kl_key, num_samples=kl_samples
-        )
-        per_image = {
-            "reconstruction": reconstruction.reshape(b, a).mean(axis=1),
-            "kl": kl.reshape(b, a).mean(axis=1),
-        }
+
+        def one_annotation(masks: jax.Array) -> dict:  # [B, H, W] -> per-image [B] terms.
+            output = model.apply(
+                variables, batch["image"], masks, train=False, rngs={"latent": latent_key}
+            )
+            reconstruction = losses.pixel_cross_entropy(output.logits, masks)
+            kl = distributions.kl_divergence(
+                output.posterior, output.prior, key=kl_key, num_samples=kl_samples
+            )
+            return {"reconstruction": reconstruction, "kl": kl}
+
+        # One annotator at a time (a loop, not one batch of B * A): the batch of each call stays
+        # that of eval.batch_size, which keeps jaxlib's CPU LAPACK kernels (the triangular
+        # solves of the FC/LR latents) on their single-threaded path; their multi-threaded path
+        # can deadlock XLA:CPU's thread pool when two run at once (jaxlib 0.10, 2 cores).
+        terms = jax.lax.map(one_annotation, jnp.moveaxis(batch["masks"], 1, 0))  # [A, B]
+        per_image = {name: jnp.mean(value, axis=0) for name, value in terms.items()}
         per_image["loss"] = per_image["reconstruction"] + beta * per_image["kl"]
         weight = batch["valid"].astype(jnp.float32)
         sums = {name: jnp.sum(value * weight) for name, value in per_image.items()}
