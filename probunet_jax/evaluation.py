@@ -182,19 +182,6 @@ def _check_arguments(split: str, num_samples: int, batch_size: int) -> None:
         raise ValueError(f"eval batch_size must be >= 1, got {batch_size}.")
 
 
-def summarize(
-    model_name: str, per_image: Mapping[str, np.ndarray], *, num_samples: int
-) -> dict[str, object]:
-    """The content of ``summary.json`` (see :mod:`probunet_jax.reporting`) without writing it."""
-    frame = reporting._per_image_frame(per_image)
-    return {
-        "model": model_name,
-        "num_samples": int(num_samples),
-        "num_images": len(frame),
-        "metrics": {name: reporting._stat_summary(frame[name].to_numpy()) for name in frame},
-    }
-
-
 def _collect(
     config: ml_collections.ConfigDict,
     variables: dict,
@@ -308,7 +295,7 @@ def evaluate_model(
     model_name = config.model.variant if model_name is None else model_name
     collected = _collect(config, variables, split, num_samples, batch_size, key)
     if workdir is None or jax.process_index() != 0:
-        return summarize(model_name, collected.per_image, num_samples=num_samples)
+        return reporting.summarize(model_name, collected.per_image, num_samples=num_samples)
     folder = reporting.write_evaluation(
         workdir, model_name, collected.per_image, collected.examples, num_samples=num_samples
     )

@@ -132,6 +132,19 @@ def _stat_summary(values: np.ndarray) -> dict[str, float | int | None]:
     }
 
 
+def summarize(
+    model: str, per_image: Mapping[str, np.ndarray], *, num_samples: int
+) -> dict[str, object]:
+    """The content of ``summary.json``: mean ± std, median and count of every column."""
+    frame = _per_image_frame(per_image)
+    return {
+        "model": model,
+        "num_samples": int(num_samples),
+        "num_images": len(frame),
+        "metrics": {name: _stat_summary(frame[name].to_numpy()) for name in frame.columns},
+    }
+
+
 def write_evaluation(
     workdir: str | os.PathLike,
     model: str,
@@ -158,12 +171,7 @@ def write_evaluation(
     }
     _write_atomic(out / SAMPLES_FILE, lambda f: np.savez_compressed(f, **arrays))
     _write_atomic(out / PER_IMAGE_FILE, lambda f: f.write(frame.to_csv().encode()))
-    summary = {
-        "model": model,
-        "num_samples": int(num_samples),
-        "num_images": len(frame),
-        "metrics": {name: _stat_summary(frame[name].to_numpy()) for name in frame.columns},
-    }
+    summary = summarize(model, per_image, num_samples=num_samples)
     _write_atomic(out / SUMMARY_FILE, lambda f: f.write(json.dumps(summary, indent=2).encode()))
     return out
 
