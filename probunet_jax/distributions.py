@@ -38,6 +38,7 @@ SCALE_FLOOR = 1e-4
 # 14 % / 6 % / 9 % at K = 16 and 7 % / 3 % / 4 % at K = 64 for Mixture-FC / -AA / -LR.
 # 64 samples cost a few hundred kFLOP per image, nothing next to the U-Net's ~57 GFLOP.
 DEFAULT_KL_SAMPLES = 64
+KL_CHUNK = 8  # Monte Carlo KL samples whose log-densities are evaluated in one call.
 
 
 class LatentSpec(NamedTuple):
@@ -213,4 +214,9 @@ def kl_divergence(
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
     z = q.sample(seed=key, sample_shape=num_samples)  # [K, B, d]
-    return jnp.mean(q.log_prob(z) - p.log_prob(z), axis=0)
+    # Log-densities of KL_CHUNK samples at a time: FC and LR log-densities are batched LAPACK
+    # solves on CPU, and jaxlib 0.10's kernels can deadlock on a 2-core machine when large
+    # batched solves run concurrently; chunks keep every call small (it costs nothing
+    # measurable: the loop runs num_samples / KL_CHUNK times over tiny arrays).
+    log_ratio = jax.lax.map(lambda z_k: q.log_prob(z_k) - p.log_prob(z_k), z, batch_size=KL_CHUNK)
+    return jnp.mean(log_ratio, axis=0)
