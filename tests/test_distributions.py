@@ -1,5 +1,8 @@
 """Latent distributions: construction, closed-form KL, Monte Carlo KL, straight-through samples."""
 
+import subprocess
+import sys
+
 import distrax
 import jax
 import jax.numpy as jnp
@@ -198,3 +201,21 @@ def test_bad_raw_shape_and_kl_inputs_raise():
         distributions.kl_divergence(mixture, other, key=jax.random.key(0))
     with pytest.raises(ValueError, match="temperature"):
         GumbelSoftmaxMixture(jnp.zeros((3, 2)), mixture.components_distribution, -1.0)
+
+
+def test_mc_kl_of_a_large_batch_does_not_hang():
+    # jaxlib 0.10's batched CPU LAPACK solves could deadlock on 2 cores when the Monte Carlo
+    # KL of a large batch evaluated all samples' log-densities at once (batch 128 hung).
+    script = """
+import jax
+from probunet_jax import distributions
+from probunet_jax.distributions import LatentSpec, make_latent_distribution
+spec = LatentSpec("fc", 2, num_components=9, temperature=0.28)
+def kl(r1, r2):
+    q, p = make_latent_distribution(r1, spec), make_latent_distribution(r2, spec)
+    return distributions.kl_divergence(q, p, key=jax.random.key(0)).mean()
+r1, r2 = jax.random.normal(jax.random.key(1), (2, 512, spec.num_params))
+for _ in range(2):
+    jax.block_until_ready(jax.jit(jax.value_and_grad(kl))(r1, r2))
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=240)
