@@ -23,9 +23,6 @@ one resumes from its latest checkpoint; the comparison is always rebuilt.
 
 from __future__ import annotations
 
-import ast
-import importlib.util
-import inspect
 import os
 import time
 from collections.abc import Sequence
@@ -33,7 +30,8 @@ from collections.abc import Sequence
 import ml_collections
 from absl import app, flags, logging
 
-from probunet_jax import checkpointing, evaluation, presets, reporting
+from experiments.configs.base import variant_config
+from probunet_jax import checkpointing, evaluation, reporting
 
 PAPER_VARIANTS = ("aa", "fc", "mixture_aa", "mixture_fc", "lr")
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
@@ -42,8 +40,6 @@ DEFAULT_CONFIGS = {
     "lidc": os.path.join(CONFIG_DIR, "paper.py"),
 }
 TINY_CONFIG = os.path.join(CONFIG_DIR, "test.py")
-# Model fields that define a variant's latent space (the rest, the network, comes from the config).
-LATENT_FIELDS = ("variant", "latent_kind", "latent_dim", "rank", "num_components", "temperature")
 COMPARISON_DIR = "comparison"
 
 _ROOT = flags.DEFINE_string(
@@ -59,78 +55,6 @@ _OVERRIDE = flags.DEFINE_multi_string(
     "override", [], "key.path=value set in every variant's config, e.g. train.num_steps=100."
 )
 flags.mark_flag_as_required("root")
-
-
-# --------------------------------------------------------------------------- configs
-
-
-def load_config_module(path: str):
-    """Imports a config file (a Python file defining ``get_config``)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Config file {path!r} does not exist.")
-    spec = importlib.util.spec_from_file_location(f"_paper_config_{abs(hash(path))}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not callable(getattr(module, "get_config", None)):
-        raise ValueError(f"Config file {path!r} defines no get_config().")
-    return module
-
-
-def with_variant(model: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
-    """``model`` (a model config) with the latent settings of ``variant``, network unchanged."""
-    preset = presets.model_config(variant)
-    model = ml_collections.ConfigDict(model.to_dict())
-    for field in LATENT_FIELDS:
-        model[field] = preset[field]
-    return model
-
-
-def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
-    """Sets ``config[a][b] = value`` from ``'a.b=value'`` (value a Python literal or a string)."""
-    path, sep, text = override.partition("=")
-    if not sep or not path:
-        raise ValueError(f"--override must look like key.path=value, got {override!r}.")
-    *parents, name = path.strip().split(".")
-    node = config
-    for part in parents:
-        if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
-            raise ValueError(f"Unknown config field {path!r} in --override={override!r}.")
-        node = node[part]
-    if name not in node:
-        raise ValueError(f"Unknown config field {path!r} in --override={override!r}.")
-    try:
-        value = ast.literal_eval(text.strip())
-    except (ValueError, SyntaxError):
-        value = text.strip()
-    try:
-        node[name] = value
-    except TypeError as e:
-        raise ValueError(f"Bad value in --override={override!r}: {e}") from e
-
-
-def variant_config(
-    config_file: str, variant: str, dataset: str | None = None, overrides: Sequence[str] = ()
-) -> ml_collections.ConfigDict:
-    """The training config of one variant (see the module docstring); ``dataset`` (if given)
-    replaces ``config.data.name``."""
-    if variant not in presets.VARIANTS:
-        raise ValueError(f"Unknown variant {variant!r}; expected one of {list(presets.VARIANTS)}.")
-    get_config = load_config_module(config_file).get_config
-    if inspect.signature(get_config).parameters:
-        config = get_config(variant)  # e.g. configs/paper.py:<variant>
-    else:
-        config = get_config()
-    config = ml_collections.ConfigDict(config.to_dict())  # Unlocked, our own copy.
-    config.model = with_variant(config.model, variant)
-    if dataset is not None:
-        config.data.name = dataset
-    for override in overrides:
-        apply_override(config, override)
-    if int(config.eval.num_samples) < 1:
-        raise ValueError(
-            "The paper pipeline evaluates every variant: eval.num_samples must be >= 1."
-        )
-    return config
 
 
 # --------------------------------------------------------------------------- pipeline

@@ -20,6 +20,8 @@ import ml_collections
 from probunet_jax import distributions
 
 PAPER_FILTERS = (32, 64, 128, 512)
+# The model fields that define a variant's latent space; the others define the network and loss.
+LATENT_FIELDS = ("variant", "latent_kind", "latent_dim", "rank", "num_components", "temperature")
 
 VARIANTS: dict[str, dict] = {
     "aa": dict(latent_kind="aa", latent_dim=6),
@@ -63,3 +65,12 @@ def model_config(variant: str = "mixture_fc", **overrides) -> ml_collections.Con
             raise ValueError(f"Unknown model config key {key!r}; known keys: {sorted(config)}.")
     config.update(overrides)
     return config
+
+
+def with_variant(
+    model: ml_collections.ConfigDict, variant: str, **overrides
+) -> ml_collections.ConfigDict:
+    """The config of ``variant`` that keeps the network and loss fields of ``model`` (filters,
+    head, β, KL samples...), with ``overrides`` on top."""
+    kept = {k: v for k, v in model.items() if k not in LATENT_FIELDS}
+    return model_config(variant, **{**kept, **overrides})

@@ -58,7 +58,6 @@ SELECTION_METRIC = "best_validation_loss"
 
 # Model-config keys that a variant preset sets (its latent family); the base config's other
 # model keys (network widths, head, beta, KL samples) carry over to every variant.
-_LATENT_KEYS = ("latent_kind", "latent_dim", "rank", "num_components", "temperature")
 
 # A trial function trains and evaluates one config in a workdir and returns its results
 # (``train.train_and_evaluate``'s contract: at least ``best_validation_loss``).
@@ -219,22 +218,13 @@ def search_points(
 # --------------------------------------------------------------------------- trials
 
 
-def variant_model_config(
-    base_model: ml_collections.ConfigDict, variant: str, **overrides
-) -> ml_collections.ConfigDict:
-    """The model config of ``variant`` with the base config's network (and beta, KL samples)."""
-    check_variant(variant)
-    kept = {k: v for k, v in base_model.items() if k not in (*_LATENT_KEYS, "variant")}
-    return presets.model_config(variant, **{**kept, **overrides})
-
-
 def trial_config(
     base: ml_collections.ConfigDict, variant: str, overrides: Mapping[str, Any]
 ) -> ml_collections.ConfigDict:
     """A copy of ``base`` whose ``model`` is ``variant`` with ``overrides``."""
     config = ml_collections.ConfigDict(base.to_dict())
     with config.unlocked():
-        config.model = variant_model_config(base.model, variant, **overrides)
+        config.model = presets.with_variant(base.model, variant, **overrides)
     return config
 
 
@@ -510,19 +500,6 @@ def write_best_config(
     path = Path(path)
     _write_text_atomic(path, best_config_source(config, comment))
     return path
-
-
-def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
-    """``get_config()`` of a config file (as ``ml_collections.config_flags`` loads it)."""
-    import importlib.util
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"No config file at {path}.")
-    spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 class SweepSummary(NamedTuple):

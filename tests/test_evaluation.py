@@ -163,9 +163,9 @@ def _run(module: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_variant_configs_swap_only_the_latent_settings():
-    from experiments import paper
+    from experiments.configs import base
 
-    config = paper.variant_config(TINY_CONFIG, "lr", "synthetic", ["train.num_steps=3"])
+    config = base.variant_config(TINY_CONFIG, "lr", "synthetic", ["train.num_steps=3"])
     assert (config.model.variant, config.model.latent_kind, config.model.rank) == ("lr", "lr", 2)
     assert tuple(config.model.filters) == (4, 8) and config.train.num_steps == 3
     for override, message in [
@@ -174,11 +174,11 @@ def test_variant_configs_swap_only_the_latent_settings():
         ("train.num_steps='many'", "Bad value"),
     ]:
         with pytest.raises(ValueError, match=message):
-            paper.variant_config(TINY_CONFIG, "aa", "synthetic", [override])
+            base.variant_config(TINY_CONFIG, "aa", "synthetic", [override])
     with pytest.raises(ValueError, match="Unknown variant"):
-        paper.variant_config(TINY_CONFIG, "gaussian", "synthetic")
+        base.variant_config(TINY_CONFIG, "gaussian", "synthetic")
     with pytest.raises(ValueError, match="eval.num_samples"):
-        paper.variant_config(TINY_CONFIG, "aa", "synthetic", ["eval.num_samples=0"])
+        base.variant_config(TINY_CONFIG, "aa", "synthetic", ["eval.num_samples=0"])
 
 
 @pytest.fixture(scope="module")

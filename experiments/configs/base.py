@@ -1,4 +1,5 @@
-"""The one place training configs are built from (``default.py``, ``test.py``, ``paper.py``).
+"""The one place training configs are built from (``default.py``, ``test.py``, ``paper.py``),
+and the tools that load a config file and derive one variant's config from it.
 
 Layout of a training config::
 
@@ -19,6 +20,12 @@ Layout of a training config::
 """
 
 from __future__ import annotations
+
+import ast
+import importlib.util
+import inspect
+import os
+from collections.abc import Sequence
 
 import ml_collections
 
@@ -68,4 +75,66 @@ def get_base_config(
     config.eval = ml_collections.ConfigDict(
         dict(num_samples=num_samples, batch_size=eval_batch_size, split="test")
     )
+    return config
+
+
+def load_config_module(path: str):
+    """Imports a config file (a Python file defining ``get_config``)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Config file {path!r} does not exist.")
+    spec = importlib.util.spec_from_file_location(f"_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, "get_config", None)):
+        raise ValueError(f"Config file {path!r} defines no get_config().")
+    return module
+
+
+def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
+    """Sets ``config[a][b] = value`` from ``'a.b=value'`` (value a Python literal or a string)."""
+    path, sep, text = override.partition("=")
+    if not sep or not path:
+        raise ValueError(f"--override must look like key.path=value, got {override!r}.")
+    *parents, name = path.strip().split(".")
+    node = config
+    for part in parents:
+        if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+            raise ValueError(f"Unknown config field {path!r} in --override={override!r}.")
+        node = node[part]
+    if name not in node:
+        raise ValueError(f"Unknown config field {path!r} in --override={override!r}.")
+    try:
+        value = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        value = text.strip()
+    try:
+        node[name] = value
+    except TypeError as e:
+        raise ValueError(f"Bad value in --override={override!r}: {e}") from e
+
+
+def variant_config(
+    config_file: str, variant: str, dataset: str | None = None, overrides: Sequence[str] = ()
+) -> ml_collections.ConfigDict:
+    """The training config of ``variant`` from ``config_file``: the file's ``get_config()`` (or
+    ``get_config(variant)`` when it takes an argument, as ``paper.py``) with the variant's latent
+    settings swapped in (``presets.with_variant``), ``config.data.name = dataset`` if given,
+    then ``overrides`` (``'a.b=value'``)."""
+    if variant not in presets.VARIANTS:
+        raise ValueError(f"Unknown variant {variant!r}; expected one of {list(presets.VARIANTS)}.")
+    get_config = load_config_module(config_file).get_config
+    if inspect.signature(get_config).parameters:
+        config = get_config(variant)  # e.g. configs/paper.py:<variant>
+    else:
+        config = get_config()
+    config = ml_collections.ConfigDict(config.to_dict())  # Unlocked, our own copy.
+    config.model = presets.with_variant(config.model, variant)
+    if dataset is not None:
+        config.data.name = dataset
+    for override in overrides:
+        apply_override(config, override)
+    if int(config.eval.num_samples) < 1:
+        raise ValueError(
+            "The paper pipeline evaluates every variant: eval.num_samples must be >= 1."
+        )
     return config
