@@ -8,11 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from absl import app, flags
-from absl.testing import flagsaver
 from scipy import stats
 
-from experiments import compare as compare_cli
 from probunet_jax import reporting
 
 NUM_IMAGES, NUM_SAMPLES, NUM_ANNOTATIONS, SIZE = 30, 4, 3, 8
@@ -68,15 +65,6 @@ def models(tmp_path):
         workdir = tmp_path / name
         out[name] = (workdir, _write(workdir, name, offset, seed))
     return out
-
-
-@pytest.fixture
-def cli_flags():
-    """Lets tests set the absl flags of experiments.compare without parsing argv."""
-    if not flags.FLAGS.is_parsed():
-        flags.FLAGS.mark_as_parsed()
-    with flagsaver.flagsaver():
-        yield
 
 
 def test_write_evaluation_round_trip(models):
@@ -213,36 +201,30 @@ def test_missing_eval_files_and_duplicate_names(models, tmp_path):
         reporting.load_evaluations([models["good"][0], models["good"][0]])
 
 
-def test_cli_main_prints_tables(models, tmp_path, cli_flags, capsys):
-    flags.FLAGS.workdirs = [str(models[name][0]) for name in MODELS]
-    flags.FLAGS.out = str(tmp_path / "cli")
-    compare_cli.main(["compare"])
-    printed = capsys.readouterr().out
-    assert "| Model | GED (mean ± std-dev) | N |" in printed
-    assert "| good | base | 30 |" in printed
-    assert (tmp_path / "cli" / "wilcoxon_ged.md").is_file()
-
-
-def test_cli_main_errors(models, tmp_path, cli_flags, capsys):
-    flags.FLAGS.out = str(tmp_path / "cli")
-    flags.FLAGS.workdirs = [str(models["good"][0]), str(tmp_path / "missing")]
-    with pytest.raises(app.UsageError, match="no complete evaluation"):
-        compare_cli.main(["compare"])
-    flags.FLAGS.workdirs = [str(models["good"][0])]
-    compare_cli.main(["compare"])  # one model: Table 1 only
-    assert "| good |" in capsys.readouterr().out
-
-
-def test_cli_subprocess(models, tmp_path):
-    workdirs = ",".join(str(models[name][0]) for name in ("good", "base"))
-    out = tmp_path / "sub"
-    run = subprocess.run(
+def _compare_cli(workdirs, out):
+    """Runs ``experiments.compare`` in a subprocess (launchers define absl flags at import)."""
+    return subprocess.run(
         [sys.executable, "-m", "experiments.compare", f"--workdirs={workdirs}", f"--out={out}"],
         capture_output=True,
         text=True,
         cwd=Path(__file__).resolve().parents[1],
         check=False,
+        timeout=300,
     )
+
+
+def test_cli_prints_tables_and_writes_figures(models, tmp_path):
+    run = _compare_cli(",".join(str(models[name][0]) for name in MODELS), tmp_path / "cli")
     assert run.returncode == 0, run.stderr
+    assert "| Model | GED (mean ± std-dev) | N |" in run.stdout
     assert "| good | base | 30 |" in run.stdout
-    assert (out / "fig2_ged_letter_values.png").is_file()
+    assert (tmp_path / "cli" / "wilcoxon_ged.md").is_file()
+    assert (tmp_path / "cli" / "fig2_ged_letter_values.png").is_file()
+
+
+def test_cli_errors_and_single_model(models, tmp_path):
+    run = _compare_cli(f"{models['good'][0]},{tmp_path / 'missing'}", tmp_path / "cli")
+    assert run.returncode != 0 and "no complete evaluation" in run.stderr
+    run = _compare_cli(str(models["good"][0]), tmp_path / "one")  # one model: Table 1 only
+    assert run.returncode == 0, run.stderr
+    assert "| good |" in run.stdout
