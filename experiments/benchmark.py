@@ -19,8 +19,8 @@ a few images, with the speed ratio and the largest difference of the values; and
 environment: device, JAX/jaxlib versions, XLA flags in effect, load average, peak host RSS and
 device memory statistics where the backend reports them.
 
-On CPU the XLA options of ``probunet_jax.platform.configure_cpu`` are applied before JAX starts
-(when the user has not set ``XLA_FLAGS``); the same command runs unchanged on a GPU.
+The same command runs unchanged on a GPU. XLA:CPU options were measured and none is set by
+default (README, "Performance"): jaxlib 0.10's defaults already run convolutions through YNNPACK.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ from collections.abc import Callable, Sequence
 from absl import app, flags
 
 # Must run before JAX initializes a backend.
-from probunet_jax import platform as probunet_platform
 
 DEFAULT_VARIANTS = ("aa", "fc", "mixture_aa", "mixture_fc")
 
@@ -190,7 +189,6 @@ def environment() -> dict:
         jaxlib_version=jaxlib.__version__,
         python_version=host_platform.python_version(),
         xla_flags=os.environ.get("XLA_FLAGS", ""),
-        platform_configured=probunet_platform.configured_flags(),
         host_cpu=host_platform.processor() or host_platform.machine(),
         host_cores=cores,
         cpu_clock_ghz=None if clock is None else clock / 1e9,
@@ -540,5 +538,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    probunet_platform.configure_cpu()
     app.run(main)
