@@ -32,11 +32,12 @@ LATENT_KINDS = ("aa", "fc", "lr")
 SCALE_FLOOR = 1e-4
 
 # Default number of q-samples of the Monte Carlo KL for mixtures, chosen by measurement
-# (README, "Monte Carlo KL"; 400 repeats against a 100k-sample reference, batch of 32 random
-# q/p pairs of the paper's mixture presets): the estimate is unbiased at every K, and the
-# standard deviation of the batch-mean KL (what enters the loss) relative to the KL is
-# 14 % / 6 % / 9 % at K = 16 and 7 % / 3 % / 4 % at K = 64 for Mixture-FC / -AA / -LR.
-# 64 samples cost a few hundred kFLOP per image, nothing next to the U-Net's ~57 GFLOP.
+# (`python -m experiments.kl_samples`, README "Monte Carlo KL": 400 repeats against a 100k-sample
+# reference, batch of 32 random q/p pairs of the paper's mixture presets): the estimate is
+# unbiased at every K, and the standard deviation of the batch-mean KL (what enters the loss)
+# relative to the KL is 17 % / 9 % / 10 % at K = 16 and 8 % / 5 % / 5 % at K = 64 for
+# Mixture-FC / -AA / -LR. 64 samples cost about 7 ms per training step at batch 32 on a CPU,
+# nothing next to the U-Net.
 DEFAULT_KL_SAMPLES = 64
 KL_CHUNK = 8  # Monte Carlo KL samples whose log-densities are evaluated in one call.
 

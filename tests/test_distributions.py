@@ -219,3 +219,19 @@ for _ in range(2):
     jax.block_until_ready(jax.jit(jax.value_and_grad(kl))(r1, r2))
 """
     subprocess.run([sys.executable, "-c", script], check=True, timeout=240)
+
+
+def test_kl_sample_study_command_prints_its_table():
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.kl_samples",
+        "--variants=mixture_fc",
+        "--sample_counts=1,4",
+        "--repeats=3",
+        "--batch_size=2",
+        "--reference_samples=1000",
+    ]
+    out = subprocess.run(command, check=True, capture_output=True, text=True, timeout=300).stdout
+    rows = [line for line in out.splitlines() if line.startswith("| mixture_fc |")]
+    assert [row.split("|")[3].strip() for row in rows] == ["1", "4"]
