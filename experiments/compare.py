@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from absl import app, flags, logging
 
+from experiments import cli
 from probunet_jax import reporting
 
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "Comma-separated workdirs of evaluated models.")
@@ -37,4 +38,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

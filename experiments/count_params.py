@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
+from experiments import cli
 from probunet_jax import presets
 from probunet_jax.model import model_from_config, parameter_counts
 
@@ -37,4 +38,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -18,14 +18,16 @@ from collections.abc import Mapping, Sequence
 import jax
 from absl import app, flags, logging
 
+from experiments import cli
 from probunet_jax import checkpointing, evaluation
+from probunet_jax import config as config_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding the best checkpoint.")
 _NUM_SAMPLES = flags.DEFINE_integer(
     "num_samples", None, "Samples per image (default: the run's config.eval.num_samples)."
 )
 _SPLIT = flags.DEFINE_enum(
-    "split", None, list(evaluation.EVAL_SPLITS), "Split (default: config.eval.split, 'test')."
+    "split", None, list(config_lib.EVAL_SPLITS), "Split (default: config.eval.split, 'test')."
 )
 _BATCH_SIZE = flags.DEFINE_integer(
     "batch_size", None, "Images per batch (default: config.eval.batch_size)."
@@ -101,4 +103,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -15,8 +15,8 @@ import jax
 import numpy as np
 from absl import app, flags
 
+from experiments import cli
 from probunet_jax import distributions, presets
-from probunet_jax.model import latent_spec_from_config
 
 _VARIANTS = flags.DEFINE_list("variants", ["mixture_fc", "mixture_aa", "mixture_lr"], "Presets.")
 _COUNTS = flags.DEFINE_list("sample_counts", ["1", "4", "16", "64", "256"], "Values of K.")
@@ -27,7 +27,7 @@ _REFERENCE = flags.DEFINE_integer("reference_samples", 100_000, "Samples of the 
 
 def study(variant: str, counts: Sequence[int], repeats: int, batch: int, reference: int):
     """Rows (K, bias, relative std) of the batch-mean Monte Carlo KL for one preset."""
-    spec = latent_spec_from_config(presets.model_config(variant))
+    spec = presets.latent_spec(presets.model_config(variant))
     raw_q, raw_p = jax.random.normal(jax.random.key(0), (2, batch, spec.num_params))
     q = distributions.make_latent_distribution(raw_q, spec)
     p = distributions.make_latent_distribution(raw_p, spec)
@@ -62,4 +62,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

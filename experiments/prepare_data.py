@@ -9,8 +9,9 @@ LIDC needs ``data_lidc.pickle`` (splits 'patient', 'slice') or ``data_lidc.hdf5`
 ``probunet_jax.data.default_data_config()``.
 """
 
-from absl import app, flags
+from absl import flags
 
+from experiments import cli
 from probunet_jax import data
 
 _DEFAULTS = data.default_data_config()
@@ -58,4 +59,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -11,13 +11,13 @@ the cluster from the environment: SLURM, Cloud TPU, or JAX_COORDINATOR_ADDRESS e
 
 from __future__ import annotations
 
-import logging as std_logging
 from collections.abc import Sequence
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from experiments import cli
 from probunet_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -30,19 +30,9 @@ _MULTIHOST = flags.DEFINE_bool(
 flags.mark_flags_as_required(["workdir"])
 
 
-def _quiet_orbax() -> None:
-    """Drops orbax's INFO chatter (a dozen lines per checkpoint) from the log; warnings stay."""
-
-    def keep(record) -> bool:
-        return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
-
-    logging.get_absl_handler().addFilter(keep)
-
-
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    _quiet_orbax()
     if _MULTIHOST.value:
         jax.distributed.initialize()
     logging.info(
@@ -58,4 +48,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -35,13 +35,13 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
+from probunet_jax import config as config_lib
 from probunet_jax import data, metrics, reporting, sampling, sharding
 from probunet_jax.data import synthetic
 from probunet_jax.model import ProbabilisticUNet, model_from_config
 
 NUM_EXAMPLES = 8  # Images kept with their samples for the sample grids (Fig. 4).
 ORACLE_STREAM = 0x0AC1E  # Separates the oracle's numpy seeds from other uses of the key.
-EVAL_SPLITS = ("validation", "test", "train")
 LOG_EVERY_S = 10.0
 
 
@@ -173,15 +173,6 @@ class _Collected(NamedTuple):
     examples: reporting.Examples
 
 
-def _check_arguments(split: str, num_samples: int, batch_size: int) -> None:
-    if split not in EVAL_SPLITS:
-        raise ValueError(f"Unknown split {split!r}; expected one of {EVAL_SPLITS}.")
-    if int(num_samples) < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
-    if int(batch_size) < 1:
-        raise ValueError(f"eval batch_size must be >= 1, got {batch_size}.")
-
-
 def _collect(
     config: ml_collections.ConfigDict,
     variables: dict,
@@ -289,7 +280,7 @@ def evaluate_model(
     split = config.eval.split if split is None else split
     num_samples = config.eval.num_samples if num_samples is None else num_samples
     batch_size = config.eval.batch_size if batch_size is None else batch_size
-    _check_arguments(split, num_samples, batch_size)
+    config_lib.check_eval_arguments(split, num_samples, batch_size, 1)
     num_samples, batch_size = int(num_samples), int(batch_size)
     key = jax.random.key(config.seed) if key is None else key
     model_name = config.model.variant if model_name is None else model_name

@@ -13,7 +13,9 @@ from collections.abc import Callable
 from typing import IO, Any
 
 
-def write_atomic(path: str | os.PathLike, content: str | bytes | Callable[[IO[bytes]], None]) -> None:
+def write_atomic(
+    path: str | os.PathLike, content: str | bytes | Callable[[IO[bytes]], None]
+) -> None:
     """Writes ``content`` to ``path`` through a temporary file in the same folder and a rename.
 
     Args:

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from probunet_jax import distributions
+from probunet_jax import distributions, presets
 from probunet_jax.networks import Head, LatentNet, UNet, check_image
 
 
@@ -125,22 +125,11 @@ class ProbabilisticUNet(nn.Module):
         return ModelOutput(logits, prior, posterior)
 
 
-def latent_spec_from_config(config: ml_collections.ConfigDict) -> distributions.LatentSpec:
-    """The `LatentSpec` of a model config (see `presets.model_config`)."""
-    return distributions.LatentSpec(
-        kind=config.latent_kind,
-        latent_dim=config.latent_dim,
-        num_components=config.num_components,
-        rank=config.rank,
-        temperature=config.temperature,
-    ).validate()
-
-
 def model_from_config(config: ml_collections.ConfigDict) -> ProbabilisticUNet:
     """Builds the model of a model config (see `presets.model_config`)."""
     return ProbabilisticUNet(
         filters=tuple(config.filters),
-        latent=latent_spec_from_config(config),
+        latent=presets.latent_spec(config),
         head_depth=config.head_depth,
         num_classes=config.num_classes,
         convs_per_block=config.convs_per_block,

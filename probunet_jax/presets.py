@@ -33,6 +33,16 @@ VARIANTS: dict[str, dict] = {
 }
 
 
+CUSTOM = "custom"  # model.variant of a latent configured by hand, not by a preset.
+
+
+def check_variant(variant: str, *, allow_custom: bool = False) -> None:
+    """Raises ValueError for a name that is not a preset (or ``CUSTOM`` where allowed)."""
+    known = [*VARIANTS, CUSTOM] if allow_custom else list(VARIANTS)
+    if variant not in known:
+        raise ValueError(f"Unknown model variant {variant!r}; expected one of {known}.")
+
+
 def model_config(variant: str = "mixture_fc", **overrides) -> ml_collections.ConfigDict:
     """The model config of a paper variant (Table 3), with the paper's network, and overrides.
 
@@ -40,9 +50,12 @@ def model_config(variant: str = "mixture_fc", **overrides) -> ml_collections.Con
     (1 = no mixture), temperature, beta (KL weight), kl_samples (Monte Carlo KL samples for
     mixtures), filters (block widths, last = bottleneck), convs_per_block, head_depth (1×1
     layers including the logits layer), num_classes (1 = binary, sigmoid).
+
+    Overriding a latent field (``latent_dim``...) makes a custom latent: pass
+    ``variant=CUSTOM`` for that (:func:`check_model_config` rejects a preset name whose latent
+    fields were changed).
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"Unknown model variant {variant!r}; expected one of {list(VARIANTS)}.")
+    check_variant(variant, allow_custom=True)
     config = ml_collections.ConfigDict(
         dict(
             variant=variant,
@@ -59,7 +72,7 @@ def model_config(variant: str = "mixture_fc", **overrides) -> ml_collections.Con
             num_classes=1,
         )
     )
-    config.update(VARIANTS[variant])
+    config.update(VARIANTS.get(variant, {}))
     for key in overrides:
         if key not in config:
             raise ValueError(f"Unknown model config key {key!r}; known keys: {sorted(config)}.")
@@ -74,3 +87,39 @@ def with_variant(
     head, β, KL samples...), with ``overrides`` on top."""
     kept = {k: v for k, v in model.items() if k not in LATENT_FIELDS}
     return model_config(variant, **{**kept, **overrides})
+
+
+def latent_spec(model: ml_collections.ConfigDict) -> distributions.LatentSpec:
+    """The validated `LatentSpec` of a model config."""
+    return distributions.LatentSpec(
+        kind=model.latent_kind,
+        latent_dim=model.latent_dim,
+        num_components=model.num_components,
+        rank=model.rank,
+        temperature=model.temperature,
+    ).validate()
+
+
+def check_model_config(model: ml_collections.ConfigDict) -> None:
+    """Raises ValueError for an unknown variant, latent fields that disagree with the variant's
+    preset (naming both), an invalid latent or an out-of-range network or loss field."""
+    check_variant(model.variant, allow_custom=True)
+    if model.variant != CUSTOM:
+        preset = model_config(model.variant)
+        wrong = [f for f in LATENT_FIELDS[1:] if model[f] != preset[f]]
+        if wrong:
+            given = ", ".join(f"{f} {model[f]!r}" for f in wrong)
+            expected = ", ".join(f"{f} {preset[f]!r}" for f in wrong)
+            raise ValueError(
+                f"model.variant {model.variant!r} has {expected}, but the config has {given}. "
+                f"Select a variant with --config=FILE:VARIANT, or set model.variant={CUSTOM!r} "
+                "for a latent of your own."
+            )
+    latent_spec(model)
+    if len(model.filters) < 1 or min(model.filters) < 1:
+        raise ValueError(f"model.filters must be positive block widths, got {model.filters}.")
+    for field in ("convs_per_block", "head_depth", "num_classes", "kl_samples"):
+        if int(model[field]) < 1:
+            raise ValueError(f"model.{field} must be >= 1, got {model[field]}.")
+    if not model.beta >= 0:
+        raise ValueError(f"model.beta must be >= 0, got {model.beta}.")

@@ -33,17 +33,10 @@ import optax
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from probunet_jax import checkpointing, distributions, losses, presets, sharding
+from probunet_jax import checkpointing, distributions, losses, sharding
+from probunet_jax import config as config_lib
 from probunet_jax import data as data_lib
-from probunet_jax.model import (
-    ProbabilisticUNet,
-    init_variables,
-    latent_spec_from_config,
-    model_from_config,
-)
-
-EVAL_SPLITS = ("validation", "test")
-ONE_EPOCH = 0  # train.eval_every_steps / checkpoint_every_steps: one epoch of the training split.
+from probunet_jax.model import ProbabilisticUNet, init_variables, model_from_config
 
 
 class TrainState(NamedTuple):
@@ -94,40 +87,7 @@ class EarlyStopping(NamedTuple):
         )
 
 
-# ----------------------------------------------------------------------------- config
-
-
-def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Raises ValueError naming the first unknown or out-of-range value of a training config."""
-    for section in ("model", "data", "train", "eval"):
-        if section not in config:
-            raise ValueError(f"The config has no {section!r} section.")
-    if config.model.variant not in presets.VARIANTS:
-        raise ValueError(
-            f"Unknown model.variant {config.model.variant!r}; expected one of "
-            f"{list(presets.VARIANTS)}."
-        )
-    latent_spec_from_config(config.model)
-    data_lib.validate_data_config(config.data)
-    for field, low in [
-        ("batch_size", 1),
-        ("num_steps", 1),
-        ("eval_every_steps", ONE_EPOCH),
-        ("patience", 1),
-        ("checkpoint_every_steps", ONE_EPOCH),
-        ("log_every_steps", 1),
-        ("max_checkpoints_to_keep", 1),
-    ]:
-        if int(config.train[field]) < low:
-            raise ValueError(f"train.{field} must be >= {low}, got {config.train[field]}.")
-    if not config.train.learning_rate > 0:
-        raise ValueError(f"train.learning_rate must be > 0, got {config.train.learning_rate}.")
-    if config.eval.split not in EVAL_SPLITS:
-        raise ValueError(
-            f"Unknown eval.split {config.eval.split!r}; expected one of {EVAL_SPLITS}."
-        )
-    if int(config.eval.num_samples) < 0 or int(config.eval.batch_size) < 1:
-        raise ValueError("eval.num_samples must be >= 0 (0 skips it) and eval.batch_size >= 1.")
+# ----------------------------------------------------------------------------- intervals
 
 
 def steps_per_epoch(num_examples: int, global_batch: int, process_count: int = 1) -> int:
@@ -137,8 +97,8 @@ def steps_per_epoch(num_examples: int, global_batch: int, process_count: int = 1
 
 
 def resolve_interval(value: int, steps_in_epoch: int) -> int:
-    """A step interval of the config: ``ONE_EPOCH`` (0) means ``steps_in_epoch``."""
-    return steps_in_epoch if int(value) == ONE_EPOCH else int(value)
+    """A step interval of the config: ``config.ONE_EPOCH`` (0) means ``steps_in_epoch``."""
+    return steps_in_epoch if int(value) == config_lib.ONE_EPOCH else int(value)
 
 
 def _per_process(global_batch: int, mesh: Mesh, what: str) -> int:
@@ -440,7 +400,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       ValueError: a bad config, or a workdir holding a run with a different config.
       FloatingPointError: a non-finite loss (the message names the step).
     """
-    validate_config(config)
+    config_lib.validate(config)
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise NotADirectoryError(f"The workdir {workdir!r} is a file, not a folder.")
     tc = config.train
     mesh = sharding.make_mesh()
     local_batch = _per_process(tc.batch_size, mesh, "train.batch_size")

@@ -134,7 +134,7 @@ def test_split_and_num_samples_overrides(config, variables):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(split="tset"), "Unknown split"),
+        (dict(split="tset"), "Unknown eval split"),
         (dict(num_samples=0), "num_samples"),
         (dict(batch_size=0), "batch_size"),
     ],
@@ -163,30 +163,29 @@ def _run(module: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_variant_configs_swap_only_the_latent_settings():
-    from experiments.configs import base
+    from probunet_jax import config as config_lib
+    from probunet_jax import pipeline
 
-    config = base.variant_config(TINY_CONFIG, "lr", "synthetic", ["train.num_steps=3"])
-    assert (config.model.variant, config.model.latent_kind, config.model.rank) == ("lr", "lr", 2)
-    assert tuple(config.model.filters) == (4, 8) and config.train.num_steps == 3
-    for override, message in [
-        ("train.num_stepz=3", "Unknown config field"),
-        ("train.num_steps", "key.path=value"),
-        ("train.num_steps='many'", "Bad value"),
-    ]:
-        with pytest.raises(ValueError, match=message):
-            base.variant_config(TINY_CONFIG, "aa", "synthetic", [override])
-    with pytest.raises(ValueError, match="Unknown variant"):
-        base.variant_config(TINY_CONFIG, "gaussian", "synthetic")
+    base = config_lib.load_config_file(TINY_CONFIG)
+    configs = pipeline.variant_configs(base, ["lr", "aa"])
+    lr = configs["lr"].model
+    assert (lr.variant, lr.latent_kind, lr.rank) == ("lr", "lr", 2)
+    assert tuple(lr.filters) == (4, 8) and configs["aa"].train == base.train
+    with pytest.raises(ValueError, match="Unknown model variant"):
+        pipeline.variant_configs(base, ["gaussian"])
+    with pytest.raises(ValueError, match="distinct"):
+        pipeline.variant_configs(base, ["aa", "aa"])
+    base.eval.num_samples = 0
     with pytest.raises(ValueError, match="eval.num_samples"):
-        base.variant_config(TINY_CONFIG, "aa", "synthetic", ["eval.num_samples=0"])
+        pipeline.variant_configs(base, ["aa"])
 
 
 @pytest.fixture(scope="module")
 def paper_root(tmp_path_factory):
     """The tiny paper pipeline for two variants (~1 min on 2 CPU cores)."""
     root = tmp_path_factory.mktemp("paper")
-    args = ["--root", str(root), "--tiny", "--variants=aa,fc"]
-    args.append(f"--override=data.data_dir={tmp_path_factory.mktemp('paper_data')}")
+    args = ["--root", str(root), f"--config={TINY_CONFIG}", "--variants=aa,fc"]
+    args.append(f"--config.data.data_dir={tmp_path_factory.mktemp('paper_data')}")
     result = _run("experiments.paper", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     return root, args, result

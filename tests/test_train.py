@@ -17,11 +17,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from experiments.configs import base
-from experiments.configs import test as test_config
 from probunet_jax import checkpointing, presets, sharding, train
+from probunet_jax import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEST_CONFIG = os.path.join(ROOT, "experiments", "configs", "test.py")
 TINY_MODEL = dict(filters=(4, 8), convs_per_block=1, head_depth=2, kl_samples=2)
 
 
@@ -51,7 +51,7 @@ def data_dir(tmp_path_factory):
 def config(data_dir, cache_dir):
     """The test config without the final evaluation."""
     del cache_dir
-    config = test_config.get_config()
+    config = config_lib.load_config_file(TEST_CONFIG)
     config.data.data_dir = data_dir
     config.eval.num_samples = 0
     return config
@@ -142,9 +142,12 @@ def test_different_config_in_the_same_workdir_is_rejected(config, tmp_path):
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("model.variant", "gaussian", "Unknown model.variant"),
+        ("model.variant", "gaussian", "Unknown model variant"),
+        ("model.variant", "aa", r"model.variant 'aa' has latent_kind 'aa'.*latent_kind 'fc'"),
+        ("model.latent_dim", 3, r"'mixture_fc' has latent_dim 2.*latent_dim 3.*'custom'"),
+        ("data.image_size", 20, "image_size 20 must be divisible by 2"),
         ("data.name", "mnist", "Unknown data.name"),
-        ("eval.split", "train", "Unknown eval.split"),
+        ("eval.split", "tset", "Unknown eval split"),
         ("train.batch_size", 0, "train.batch_size must be >= 1"),
         ("train.learning_rate", -1.0, "learning_rate must be > 0"),
     ],
@@ -219,11 +222,10 @@ def test_restore_best_without_a_run_is_a_clear_error(tmp_path):
 MULTI_DEVICE = textwrap.dedent(
     """
     import jax, numpy as np
-    from experiments.configs import base
-    from probunet_jax import sharding, train
+    from probunet_jax import config, sharding, train
 
     assert jax.device_count() == 4, jax.devices()
-    config = base.get_base_config("mixture_fc", model=%r, batch_size=8)
+    config = config.get_config("mixture_fc", model=%r, train=dict(batch_size=8))
     rng = np.random.default_rng(0)
     batch = {
         "image": rng.random((8, 16, 16, 1), np.float32),
@@ -301,7 +303,7 @@ def test_launcher_trains_and_evaluates(data_dir, cache_dir, tmp_path):
 
 def test_eval_step_weights_valid_images_only(cache_dir):
     del cache_dir
-    config = base.get_base_config("fc", model=TINY_MODEL)
+    config = config_lib.get_config("fc", model=TINY_MODEL)
     mesh = sharding.make_mesh()
     model, _, state = train.create_train_state(config, jax.random.key(0), (16, 16, 1), mesh)
     eval_step = train.make_eval_step(model, config, mesh)
@@ -331,7 +333,7 @@ def test_eval_step_weights_valid_images_only(cache_dir):
 )
 def test_every_variant_takes_finite_steps(variant, cache_dir):
     del cache_dir
-    config = base.get_base_config(variant, model=TINY_MODEL, batch_size=4)
+    config = config_lib.get_config(variant, model=TINY_MODEL, train=dict(batch_size=4))
     mesh = sharding.make_mesh()
     model, optimizer, state = train.create_train_state(config, jax.random.key(0), (16, 16, 1), mesh)
     before = leaves(state.params)
@@ -368,5 +370,5 @@ def test_epoch_intervals():
     assert train.steps_per_epoch(1024, 16) == 64
     assert train.steps_per_epoch(1030, 16, process_count=2) == 64  # 515 records per process.
     assert train.steps_per_epoch(3, 16) == 1
-    assert train.resolve_interval(train.ONE_EPOCH, 64) == 64
+    assert train.resolve_interval(config_lib.ONE_EPOCH, 64) == 64
     assert train.resolve_interval(10, 64) == 10

@@ -11,19 +11,19 @@ per epoch of the training split, early stopping with a patience of 20 epochs. LI
 built first: ``python -m experiments.prepare_data --dataset=lidc`` (see data/README.md).
 """
 
-from experiments.configs import base
+from probunet_jax import config
 
 
 def get_config(variant: str = "mixture_fc"):
-    return base.get_base_config(
+    return config.get_config(
         variant,
-        data_overrides=dict(name="lidc", image_size=128),
-        batch_size=32,
-        num_steps=200_000,  # An upper bound: early stopping ends the run.
-        eval_every_steps=base.ONE_EPOCH,
-        patience=20,
-        learning_rate=1e-4,
-        log_every_steps=100,
-        eval_batch_size=32,
-        num_samples=16,
+        data=dict(name="lidc", image_size=128),
+        train=dict(
+            batch_size=32,
+            num_steps=200_000,  # An upper bound: early stopping ends the run.
+            eval_every_steps=config.ONE_EPOCH,
+            patience=20,
+            learning_rate=1e-4,
+            log_every_steps=100,
+        ),
     )
