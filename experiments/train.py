@@ -40,9 +40,10 @@ def main(argv: Sequence[str]) -> None:
     )
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     logging.info(
-        "Done: final step %d, best validation loss %.4f at step %d.",
+        "Done: final step %d, best validation %s %.4f at step %d.",
         result["final_step"],
-        result["best_validation_loss"],
+        _CONFIG.value.train.select_by,
+        result["best_validation"],
         result["best_step"],
     )
 

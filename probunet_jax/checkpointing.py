@@ -256,8 +256,9 @@ class Checkpointer:
         self.best.close()
 
 
-def restore_best_variables(workdir: str, target: Any) -> tuple[int, dict, dict]:
-    """``(step, variables, info)`` of the best export of ``workdir`` restored into ``target``."""
+def restore_best_variables(workdir: str) -> tuple[int, dict, dict]:
+    """``(step, variables, info)`` of the best export of ``workdir`` (arrays on the default
+    device, shapes as saved)."""
     directory = os.path.join(workdir, "checkpoints", BEST)
     manager = _manager(directory, 1)
     try:
@@ -270,8 +271,7 @@ def restore_best_variables(workdir: str, target: Any) -> tuple[int, dict, dict]:
             restored = manager.restore(
                 step,
                 args=ocp.args.Composite(
-                    variables=ocp.args.StandardRestore(_abstract(target)),
-                    info=ocp.args.JsonRestore(),
+                    variables=ocp.args.StandardRestore(), info=ocp.args.JsonRestore()
                 ),
             )
         except Exception as e:  # noqa: BLE001
@@ -284,33 +284,16 @@ def restore_best_variables(workdir: str, target: Any) -> tuple[int, dict, dict]:
         manager.close()
 
 
-def variables_target(
-    model: model_lib.ProbabilisticUNet, image_shape: tuple[int, int, int], sharding=None
-) -> dict:
-    """Abstract ``{'params', 'batch_stats'}`` (ShapeDtypeStructs) of ``model``, placed on
-    ``sharding`` (default: the first local device)."""
-    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    shapes = jax.eval_shape(
-        lambda key: model_lib.init_variables(model, key, image_shape), jax.random.key(0)
-    )
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
-
-
-def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
-    """``[H, W, C]`` of the run's images."""
-    return (int(config.data.image_size), int(config.data.image_size), 1)
-
-
 def restore_best(
     workdir: str,
 ) -> tuple[ml_collections.ConfigDict, model_lib.ProbabilisticUNet, dict]:
     """The trained model of a workdir: ``(config, model, variables)``.
 
-    ``variables`` is ``{'params', 'batch_stats'}`` of the evaluation with the lowest validation
-    loss, ready for ``model.apply`` and :mod:`probunet_jax.sampling`. Raises FileNotFoundError
-    if ``workdir`` holds no run or no best checkpoint yet, RuntimeError if it is unreadable.
+    ``variables`` is ``{'params', 'batch_stats'}`` of the best validation (by
+    ``config.train.select_by``), ready for ``model.apply`` and :mod:`probunet_jax.sampling`.
+    Raises FileNotFoundError if ``workdir`` holds no run or no best checkpoint yet,
+    RuntimeError if it is unreadable.
     """
     config = load_config(workdir)
-    model = model_lib.model_from_config(config.model)
-    _, variables, _ = restore_best_variables(workdir, variables_target(model, image_shape(config)))
-    return config, model, variables
+    _, variables, _ = restore_best_variables(workdir)
+    return config, model_lib.model_from_config(config.model), variables

@@ -17,6 +17,9 @@ Layout::
     train.eval_every_steps    validation every this many steps: an "epoch" for early stopping
                               (ONE_EPOCH = 0: one pass over the training split, counted at run time)
     train.patience            evaluations without a new best before stopping
+    train.validation_samples  samples per image for the validation GED at every validation (0: off)
+    train.select_by           'loss' or 'ged' (needs validation_samples > 0): the validation
+                              metric that picks the best checkpoint and drives early stopping
     train.checkpoint_every_steps, train.max_checkpoints_to_keep   periodic checkpoints (ONE_EPOCH
                               as above)
     train.log_every_steps     training metrics, steps/s and ETA
@@ -36,6 +39,7 @@ from probunet_jax import presets
 
 ONE_EPOCH = 0  # train.eval_every_steps / checkpoint_every_steps: one epoch of the training split.
 EVAL_SPLITS = ("validation", "test", "train")
+SELECT_BY = ("loss", "ged")
 
 _TRAIN_DEFAULTS = dict(
     batch_size=32,
@@ -46,6 +50,8 @@ _TRAIN_DEFAULTS = dict(
     checkpoint_every_steps=ONE_EPOCH,
     log_every_steps=50,
     max_checkpoints_to_keep=2,
+    validation_samples=0,
+    select_by="loss",
 )
 _TRAIN_MINIMUM = dict(
     batch_size=1,
@@ -55,6 +61,7 @@ _TRAIN_MINIMUM = dict(
     checkpoint_every_steps=ONE_EPOCH,
     log_every_steps=1,
     max_checkpoints_to_keep=1,
+    validation_samples=0,
 )
 _EVAL_DEFAULTS = dict(num_samples=16, batch_size=32, split="test")
 
@@ -131,6 +138,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for field, low in _TRAIN_MINIMUM.items():
         if int(config.train[field]) < low:
             raise ValueError(f"train.{field} must be >= {low}, got {config.train[field]}.")
+    if config.train.select_by not in SELECT_BY:
+        raise ValueError(
+            f"Unknown train.select_by {config.train.select_by!r}; expected one of {SELECT_BY}."
+        )
+    if config.train.select_by == "ged" and int(config.train.validation_samples) < 1:
+        raise ValueError("train.select_by='ged' needs train.validation_samples >= 1.")
     if not config.train.learning_rate > 0:
         raise ValueError(f"train.learning_rate must be > 0, got {config.train.learning_rate}.")
     check_eval_arguments(config.eval.split, config.eval.num_samples, config.eval.batch_size, 0)

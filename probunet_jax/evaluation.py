@@ -175,6 +175,7 @@ class _Collected(NamedTuple):
 
 def _collect(
     config: ml_collections.ConfigDict,
+    model: ProbabilisticUNet,
     variables: dict,
     split: str,
     num_samples: int,
@@ -182,7 +183,6 @@ def _collect(
     key: jax.Array,
 ) -> _Collected:
     """Runs the model over ``split``; per-image columns (padding dropped) and the examples."""
-    model = model_from_config(config.model)
     source = data.get_data_source(config.data, split)
     with_oracle = config.data.name == "synthetic" and "truth" in source[0]
     # Every process evaluates the whole split (process 0 writes): no cross-host gather needed.
@@ -257,6 +257,7 @@ def evaluate_model(
     key: jax.Array | None = None,
     batch_size: int | None = None,
     model_name: str | None = None,
+    model: ProbabilisticUNet | None = None,
 ) -> dict:
     """Evaluates the model of ``config.model`` with ``variables`` on a split of ``config.data``.
 
@@ -271,6 +272,7 @@ def evaluate_model(
         function of it, whatever the batch size.
       batch_size: images per batch (default ``config.eval.batch_size``).
       model_name: the name in the summary and the comparison (default the variant name).
+      model: the model of ``config.model`` if the caller has it already.
 
     Returns:
       the summary (the content of ``summary.json``): ``summary['metrics'][column]`` holds the
@@ -284,7 +286,8 @@ def evaluate_model(
     num_samples, batch_size = int(num_samples), int(batch_size)
     key = jax.random.key(config.seed) if key is None else key
     model_name = config.model.variant if model_name is None else model_name
-    collected = _collect(config, variables, split, num_samples, batch_size, key)
+    model = model_from_config(config.model) if model is None else model
+    collected = _collect(config, model, variables, split, num_samples, batch_size, key)
     if workdir is None or jax.process_index() != 0:
         return reporting.summarize(model_name, collected.per_image, num_samples=num_samples)
     folder = reporting.write_evaluation(

@@ -28,6 +28,32 @@ def pixel_cross_entropy(logits: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.sum(per_pixel, axis=(1, 2))
 
 
+def elbo_terms(
+    output: ModelOutput,
+    mask: jax.Array,
+    *,
+    beta: float,
+    key: jax.Array | None = None,
+    kl_samples: int = distributions.DEFAULT_KL_SAMPLES,
+) -> dict[str, jax.Array]:
+    """The negative ELBO of each example: ``reconstruction`` (pixel cross-entropy summed over
+    pixels), ``kl`` (KL(q‖p), closed form or Monte Carlo) and ``loss`` = reconstruction + β·kl,
+    each `[B]`.
+
+    Args:
+      output: a forward pass with z drawn from the posterior (`ProbabilisticUNet.__call__`).
+      mask: `[B, H, W]` the annotation the posterior saw.
+      beta: weight of the KL term.
+      key: PRNG key for the Monte Carlo KL (needed for mixtures).
+      kl_samples: number of Monte Carlo samples of the KL for mixtures.
+    """
+    reconstruction = pixel_cross_entropy(output.logits, mask)
+    kl = distributions.kl_divergence(
+        output.posterior, output.prior, key=key, num_samples=kl_samples
+    )
+    return {"loss": reconstruction + beta * kl, "reconstruction": reconstruction, "kl": kl}
+
+
 def elbo_loss(
     output: ModelOutput,
     mask: jax.Array,
@@ -36,22 +62,11 @@ def elbo_loss(
     key: jax.Array | None = None,
     kl_samples: int = distributions.DEFAULT_KL_SAMPLES,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The negative ELBO with the paper code's scaling: batch means of the summed pixel
-    cross-entropy and of β·KL(q‖p).
-
-    Args:
-      output: the training forward pass (`ProbabilisticUNet.__call__`).
-      mask: `[B, H, W]` the annotation the posterior saw.
-      beta: weight of the KL term.
-      key: PRNG key for the Monte Carlo KL (needed for mixtures).
-      kl_samples: number of Monte Carlo samples of the KL for mixtures.
+    """The training loss with the paper code's scaling: the batch mean of :func:`elbo_terms`.
 
     Returns:
       The scalar loss and a metrics dict with `loss`, `reconstruction` and `kl` (batch means).
     """
-    reconstruction = jnp.mean(pixel_cross_entropy(output.logits, mask))
-    kl = jnp.mean(
-        distributions.kl_divergence(output.posterior, output.prior, key=key, num_samples=kl_samples)
-    )
-    loss = reconstruction + beta * kl
-    return loss, {"loss": loss, "reconstruction": reconstruction, "kl": kl}
+    terms = elbo_terms(output, mask, beta=beta, key=key, kl_samples=kl_samples)
+    metrics = {name: jnp.mean(value) for name, value in terms.items()}
+    return metrics["loss"], metrics

@@ -83,13 +83,15 @@ class ProbabilisticUNet(nn.Module):
         self.posterior_net = LatentNet(self.filters, num_params, self.convs_per_block)
         self.head = Head(self.filters[0], self.head_depth, self.num_classes)
 
-    def prior(self, image: jax.Array, *, train: bool) -> distrax.Distribution:
+    def prior(self, image: jax.Array, *, train: bool = False) -> distrax.Distribution:
         """p(z|x), batch shape `[B]`."""
         return distributions.make_latent_distribution(
             self.prior_net(image, train=train), self.latent
         )
 
-    def posterior(self, image: jax.Array, mask: jax.Array, *, train: bool) -> distrax.Distribution:
+    def posterior(
+        self, image: jax.Array, mask: jax.Array, *, train: bool = False
+    ) -> distrax.Distribution:
         """q(z|x,y) on the image concatenated with the mask (one-hot if multi-class)."""
         check_image(image, len(self.filters))
         check_mask(mask, image, self.num_classes)
@@ -102,7 +104,7 @@ class ProbabilisticUNet(nn.Module):
             self.posterior_net(posterior_input, train=train), self.latent
         )
 
-    def features(self, image: jax.Array, *, train: bool) -> jax.Array:
+    def features(self, image: jax.Array, *, train: bool = False) -> jax.Array:
         """U-Net features with the head's per-image first-layer part applied, `[B, H, W, F]`."""
         return self.head.project(self.unet(image, train=train))
 

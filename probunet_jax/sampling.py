@@ -22,7 +22,21 @@ def sample_logits(
 ) -> jax.Array:
     """Logits `[B, S, H, W, C]` of S samples z ~ p(z|x) per image `[B, H, W, C]`."""
     features, prior = model.apply(variables, images, method=ProbabilisticUNet.features_and_prior)
-    z = prior.sample(seed=key, sample_shape=num_samples)  # [S, B, d]
+    return decode_samples(model, variables, features, prior, key, num_samples)
+
+
+def decode_samples(
+    model: ProbabilisticUNet,
+    variables: dict,
+    features: jax.Array,
+    dist: distrax.Distribution,
+    key: jax.Array,
+    num_samples: int,
+) -> jax.Array:
+    """Logits `[B, S, H, W, C]` of S samples z ~ ``dist`` (batch shape `[B]`) decoded with the
+    per-image ``features`` `[B, H, W, F]` (`ProbabilisticUNet.features`): only the head runs
+    per sample."""
+    z = dist.sample(seed=key, sample_shape=num_samples)  # [S, B, d]
     decode = functools.partial(model.apply, variables, method=ProbabilisticUNet.decode)
     logits = jax.vmap(decode, in_axes=(None, 0))(features, z)  # [S, B, H, W, C]
     return jnp.moveaxis(logits, 0, 1)
@@ -65,8 +79,7 @@ def prior_mean_logits(model: ProbabilisticUNet, variables: dict, images: jax.Arr
 
 
 def _posterior_reconstruction(model: ProbabilisticUNet, images, masks) -> jax.Array:
-    features = model.features(images, train=False)
-    return model.decode(features, latent_mean(model.posterior(images, masks, train=False)))
+    return model.decode(model.features(images), latent_mean(model.posterior(images, masks)))
 
 
 @functools.partial(jax.jit, static_argnames=("model",))

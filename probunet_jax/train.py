@@ -1,10 +1,12 @@
 """Training: one jit-compiled data-parallel step, early stopping, checkpoints, logging.
 
 ``train_and_evaluate(config, workdir)`` is the whole run (``experiments/train.py`` is a thin
-launcher around it): it trains with Adam on the negative ELBO, evaluates the validation loss
-every ``config.train.eval_every_steps`` steps (an "epoch" for the patience of early stopping),
-keeps the best parameters apart, checkpoints periodically, resumes from the workdir, and at the
-end evaluates the best parameters on ``config.eval.split``.
+launcher around it): it trains with Adam on the negative ELBO, validates every
+``config.train.eval_every_steps`` steps (an "epoch" for the patience of early stopping) with
+the validation loss and, if ``config.train.validation_samples`` > 0, the validation GED of that
+many samples per image; keeps the best parameters (by ``config.train.select_by``: 'loss' or
+'ged') apart, checkpoints periodically, resumes from the workdir, and at the end evaluates the
+best parameters on ``config.eval.split``.
 
 Data parallelism: the train step is a single ``jax.jit`` over a 1-D device mesh (axis
 ``'data'``): the batch is sharded over the devices, the ``TrainState`` replicated, and XLA's
@@ -18,11 +20,10 @@ data and the global batch is assembled with ``jax.make_array_from_process_local_
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import jax
@@ -33,10 +34,10 @@ import optax
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from probunet_jax import checkpointing, distributions, losses, sharding
+from probunet_jax import checkpointing, evaluation, losses, metrics, run_log, sampling, sharding
 from probunet_jax import config as config_lib
 from probunet_jax import data as data_lib
-from probunet_jax.model import ProbabilisticUNet, init_variables, model_from_config
+from probunet_jax.model import ModelOutput, ProbabilisticUNet, init_variables, model_from_config
 
 
 class TrainState(NamedTuple):
@@ -58,29 +59,30 @@ class TrainState(NamedTuple):
 
 
 class EarlyStopping(NamedTuple):
-    """Early stopping on the validation loss, patience counted in evaluations ("epochs")."""
+    """Early stopping on a validation metric (lower is better), patience counted in
+    evaluations ("epochs")."""
 
-    best_loss: float = math.inf
+    best_value: float = math.inf
     best_step: int = -1
     evaluations_since_best: int = 0
     stopped: bool = False
 
-    def update(self, loss: float, step: int, patience: int) -> tuple[EarlyStopping, bool]:
-        """The state after an evaluation and whether ``loss`` is a new best."""
-        if loss < self.best_loss:
-            return EarlyStopping(loss, step, 0, False), True
+    def update(self, value: float, step: int, patience: int) -> tuple[EarlyStopping, bool]:
+        """The state after an evaluation and whether ``value`` is a new best."""
+        if value < self.best_value:
+            return EarlyStopping(value, step, 0, False), True
         waited = self.evaluations_since_best + 1
-        return EarlyStopping(self.best_loss, self.best_step, waited, waited >= patience), False
+        return EarlyStopping(self.best_value, self.best_step, waited, waited >= patience), False
 
     def to_json(self) -> dict:
-        best = None if math.isinf(self.best_loss) else self.best_loss
-        return dict(self._asdict(), best_loss=best)
+        best = None if math.isinf(self.best_value) else self.best_value
+        return dict(self._asdict(), best_value=best)
 
     @classmethod
     def from_json(cls, values: dict) -> EarlyStopping:
-        best = values.get("best_loss")
+        best = values.get("best_value")
         return cls(
-            best_loss=math.inf if best is None else float(best),
+            best_value=math.inf if best is None else float(best),
             best_step=int(values["best_step"]),
             evaluations_since_best=int(values["evaluations_since_best"]),
             stopped=bool(values["stopped"]),
@@ -164,7 +166,7 @@ def make_train_step(
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """The jit-compiled step ``(state, batch) -> (state, metrics)``.
 
-    ``batch`` is ``{'image': [B, H, W, 1], 'mask': [B, H, W]}`` sharded over ``'data'``; the state
+    ``batch`` is ``{'image': [B, H, W, C], 'mask': [B, H, W]}`` sharded over ``'data'``; the state
     is replicated and donated (do not use the argument afterwards). ``metrics`` are scalars:
     ``loss``, ``reconstruction``, ``kl`` (batch means) and ``grad_norm``.
     """
@@ -209,26 +211,28 @@ def make_eval_step(
 ) -> Callable[[dict, dict, jax.Array], dict]:
     """The jit-compiled validation step ``(variables, batch, key) -> sums``.
 
-    ``batch`` is an eval batch ``{'image' [B, H, W, 1], 'masks' [B, A, H, W], 'valid' [B], ...}``;
-    the loss of an image is the negative ELBO (batch norm in inference mode, z drawn from the
-    posterior with ``key``) averaged over its A annotations. Returns scalar sums over the valid
-    images: ``loss``, ``reconstruction``, ``kl`` and ``count``; divide by ``count`` after
-    summing over batches.
+    ``batch`` is an eval batch ``{'image' [B, H, W, C], 'masks' [B, A, H, W], 'valid' [B], ...}``.
+    Batch norm runs in inference mode, and the U-Net and the prior once per image. The loss of
+    an image is its negative ELBO (z drawn from the posterior with ``key``) averaged over its A
+    annotations; with ``config.train.validation_samples`` = S > 0 also its GED of S samples of
+    the prior against the annotations. Returns scalar sums over the valid images: ``loss``,
+    ``reconstruction``, ``kl``, (``ged``) and ``count``; divide by ``count`` after summing over
+    batches.
     """
     beta, kl_samples = float(config.model.beta), int(config.model.kl_samples)
+    num_samples = int(config.train.validation_samples)
 
     def eval_step(variables: dict, batch: dict, key: jax.Array) -> dict:
-        latent_key, kl_key = jax.random.split(key)
+        latent_key, kl_key, sample_key = jax.random.split(key, 3)
+        images = batch["image"]
+        features, prior = model.apply(variables, images, method=model.features_and_prior)
 
         def one_annotation(masks: jax.Array) -> dict:  # [B, H, W] -> per-image [B] terms.
-            output = model.apply(
-                variables, batch["image"], masks, train=False, rngs={"latent": latent_key}
-            )
-            reconstruction = losses.pixel_cross_entropy(output.logits, masks)
-            kl = distributions.kl_divergence(
-                output.posterior, output.prior, key=kl_key, num_samples=kl_samples
-            )
-            return {"reconstruction": reconstruction, "kl": kl}
+            posterior = model.apply(variables, images, masks, method=model.posterior)
+            z = posterior.sample(seed=latent_key)
+            logits = model.apply(variables, features, z, method=model.decode)
+            output = ModelOutput(logits, prior, posterior)
+            return losses.elbo_terms(output, masks, beta=beta, key=kl_key, kl_samples=kl_samples)
 
         # One annotator at a time (a loop, not one batch of B * A): the batch of each call stays
         # that of eval.batch_size, which keeps jaxlib's CPU LAPACK kernels (the triangular
@@ -236,7 +240,12 @@ def make_eval_step(
         # can deadlock XLA:CPU's thread pool when two run at once (jaxlib 0.10, 2 cores).
         terms = jax.lax.map(one_annotation, jnp.moveaxis(batch["masks"], 1, 0))  # [A, B]
         per_image = {name: jnp.mean(value, axis=0) for name, value in terms.items()}
-        per_image["loss"] = per_image["reconstruction"] + beta * per_image["kl"]
+        if num_samples:
+            logits = sampling.decode_samples(
+                model, variables, features, prior, sample_key, num_samples
+            )
+            samples = sampling.logits_to_masks(logits)
+            per_image["ged"] = metrics.generalized_energy_distance(samples, batch["masks"]).ged
         weight = batch["valid"].astype(jnp.float32)
         sums = {name: jnp.sum(value * weight) for name, value in per_image.items()}
         return dict(sums, count=jnp.sum(weight))
@@ -250,8 +259,8 @@ def make_eval_step(
     )
 
 
-def evaluate_loss(eval_step, variables: dict, batches, mesh: Mesh, key: jax.Array) -> dict:
-    """Mean validation ``loss``, ``reconstruction`` and ``kl`` over all valid images."""
+def evaluate_validation(eval_step, variables: dict, batches, mesh: Mesh, key: jax.Array) -> dict:
+    """Means of the sums of ``eval_step`` (see :func:`make_eval_step`) over all valid images."""
     totals = None
     for batch in batches:
         sums = eval_step(variables, sharding.shard_batch(batch, mesh), key)
@@ -261,98 +270,33 @@ def evaluate_loss(eval_step, variables: dict, batches, mesh: Mesh, key: jax.Arra
     return {name: float(value) / count for name, value in totals.items()}
 
 
-# ----------------------------------------------------------------------------- logging
-
-
-class MetricWriter:
-    """Scalars to ``workdir/metrics.jsonl`` and TensorBoard (``workdir/tensorboard``).
-
-    Only process 0 writes. A JSONL line is ``{"step": ..., "split": ..., <name>: value}``.
-    """
-
-    def __init__(self, workdir: str):
-        self._active = jax.process_index() == 0
-        if self._active:
-            from tensorboardX import SummaryWriter
-
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-
-    def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
-        if not self._active:
-            return
-        self._jsonl.write(json.dumps({"step": step, "split": split, **metrics}) + "\n")
-        self._jsonl.flush()
-        for name, value in metrics.items():
-            self._tb.add_scalar(f"{split}/{name}", value, step)
-
-    def close(self) -> None:
-        if self._active:
-            self._jsonl.close()
-            self._tb.close()
-
-
-def _format_duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    return (
-        f"{hours}h{rest // 60:02d}m{rest % 60:02d}s" if hours else f"{rest // 60}m{rest % 60:02d}s"
-    )
-
-
-class _Progress:
-    """Training steps/s and images/s between two log points (evaluations and checkpoints left
-    out), and the ETA (including the evaluations still to come, each as long as the last)."""
-
-    def __init__(self, step: int, num_steps: int, global_batch: int, eval_every: int):
-        self.num_steps, self.global_batch, self.eval_every = num_steps, global_batch, eval_every
-        self.step, self.time = step, time.perf_counter()
-        self.eval_seconds = 0.0
-
-    def exclude(self, seconds: float, *, evaluation: bool = False) -> None:
-        """Leaves ``seconds`` spent outside training steps out of the rate."""
-        self.time += seconds
-        if evaluation:
-            self.eval_seconds = seconds
-
-    def update(self, step: int) -> dict[str, float]:
-        now = time.perf_counter()
-        rate = (step - self.step) / max(now - self.time, 1e-9)
-        self.step, self.time = step, now
-        evaluations_left = self.num_steps // self.eval_every - step // self.eval_every
-        eta = (self.num_steps - step) / max(rate, 1e-9) + evaluations_left * self.eval_seconds
-        return {
-            "steps_per_second": rate,
-            "images_per_second": rate * self.global_batch,
-            "eta_seconds": eta,
-        }
-
-
 # ----------------------------------------------------------------------------- the run
 
 
-class _Run(NamedTuple):
-    """What the loop needs besides the state."""
+class _Loop(NamedTuple):
+    """What the training loop needs besides the state."""
 
     config: ml_collections.ConfigDict
-    workdir: str
     mesh: Mesh
+    train_step: Callable
+    train_iter: Iterator
+    validate: Callable[[dict], dict]  # variables -> validation metrics
     checkpointer: checkpointing.Checkpointer
-    writer: MetricWriter
-    eval_step: Callable
-    validation: Any
-    eval_key: jax.Array
+    writer: run_log.MetricWriter
+    eval_every: int
+    checkpoint_every: int
 
 
-def _check_finite(pending: list[tuple[int, dict]], run: _Run) -> list[dict[str, float]]:
+def _check_finite(pending: list[tuple[int, dict]], loop: _Loop) -> list[dict[str, float]]:
     """Fetches the metrics of the steps since the last sync; raises on a non-finite loss."""
     fetched = jax.device_get([metrics for _, metrics in pending])
-    for (step, _), metrics in zip(pending, fetched, strict=True):
-        loss = float(metrics["loss"])
+    for (step, _), values in zip(pending, fetched, strict=True):
+        loss = float(values["loss"])
         if not np.isfinite(loss):
-            last = run.checkpointer.latest_step()
+            last = loop.checkpointer.latest_step()
             where = (
-                f"the last good checkpoint is step {last} in {run.workdir}/checkpoints/latest"
+                f"the last good checkpoint is step {last} in "
+                f"{loop.checkpointer.workdir}/checkpoints/latest"
                 if last is not None
                 else "no checkpoint has been written yet"
             )
@@ -368,19 +312,102 @@ def _copy(tree: Any) -> Any:
     return jax.tree.map(jnp.copy, tree)
 
 
-def _final_evaluation(config, workdir: str, variables: dict) -> dict | None:
+def _log_train(loop: _Loop, step: int, fetched: list[dict], progress: run_log.Progress) -> None:
+    mean = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+    speed = progress.update(step)
+    loop.writer.write(step, "train", {**mean, **speed})
+    logging.info(
+        "step %d/%d: loss %.4f (reconstruction %.4f, kl %.4f) | %.2f steps/s, %.1f images/s, "
+        "ETA %s",
+        step,
+        loop.config.train.num_steps,
+        mean["loss"],
+        mean["reconstruction"],
+        mean["kl"],
+        speed["steps_per_second"],
+        speed["images_per_second"],
+        run_log.format_duration(speed["eta_seconds"]),
+    )
+
+
+def _validate(loop: _Loop, state: TrainState, step: int, early: EarlyStopping):
+    """Validates ``state``; the new early-stopping state, and a copy of the variables if they
+    are the new best (else None)."""
+    values = loop.validate(variables_of(state))
+    loop.writer.write(step, "validation", values)
+    tc = loop.config.train
+    early, improved = early.update(values[tc.select_by], step, tc.patience)
+    shown = ", ".join(f"{name} {value:.4f}" for name, value in values.items())
+    logging.info(
+        "step %d: validation %s (best %s %.4f at step %d)%s",
+        step,
+        shown,
+        tc.select_by,
+        early.best_value,
+        early.best_step,
+        ", new best" if improved else "",
+    )
+    if not improved:
+        return early, None
+    best = _copy(variables_of(state))
+    loop.checkpointer.save_best(step, best, {f"validation_{k}": v for k, v in values.items()})
+    return early, best
+
+
+def _train(loop: _Loop, state: TrainState, best: dict, early: EarlyStopping):
+    """Steps until ``train.num_steps`` or early stopping, validating and checkpointing."""
+    tc = loop.config.train
+    step = int(jax.device_get(state.step))
+    progress = run_log.Progress(step, tc.num_steps, tc.batch_size, loop.eval_every)
+    pending: list[tuple[int, dict]] = []
+    while step < tc.num_steps and not early.stopped:
+        state, metrics_ = loop.train_step(
+            state, sharding.shard_batch(next(loop.train_iter), loop.mesh)
+        )
+        step += 1
+        pending.append((step, metrics_))
+        log = step % tc.log_every_steps == 0 or step == tc.num_steps
+        validate = step % loop.eval_every == 0
+        save = step % loop.checkpoint_every == 0 or step == tc.num_steps
+        if not (log or validate or save):
+            continue
+        fetched = _check_finite(pending, loop)  # Never save a state after a bad step.
+        pending = []
+        if log:
+            _log_train(loop, step, fetched, progress)
+        started = time.perf_counter()
+        if validate:
+            early, improved = _validate(loop, state, step, early)
+            best = improved if improved is not None else best
+            progress.exclude(time.perf_counter() - started, evaluation=True)
+            if early.stopped:
+                logging.info(
+                    "Early stopping at step %d: no improvement in %d evaluations.",
+                    step,
+                    tc.patience,
+                )
+                save = True
+        if save:
+            started = time.perf_counter()
+            progress_json = {"early_stopping": early.to_json()}
+            loop.checkpointer.save(step, state, best, progress_json, loop.train_iter)
+            progress.exclude(time.perf_counter() - started)
+    if early.best_step < 0:  # Fewer steps than eval_every: validate what we have.
+        early, best = _validate(loop, state, step, early)
+    return state, best, early
+
+
+def _final_evaluation(config, model: ProbabilisticUNet, variables: dict, workdir: str):
     """Evaluates the best variables on ``config.eval.split`` (None if disabled)."""
     if int(config.eval.num_samples) == 0:
         logging.info("eval.num_samples = 0: skipping the final evaluation.")
         return None
-    from probunet_jax import evaluation
-
-    summary = evaluation.evaluate_model(config, variables, workdir=workdir)
-    metrics = summary.get("metrics", {})
-    if "ged" in metrics:
-        line = f"{config.eval.split} GED {metrics['ged']['mean']:.3f}"
-        if "oracle_ged" in metrics:
-            line += f" (oracle {metrics['oracle_ged']['mean']:.3f})"
+    summary = evaluation.evaluate_model(config, variables, workdir=workdir, model=model)
+    values = summary.get("metrics", {})
+    if "ged" in values:
+        line = f"{config.eval.split} GED {values['ged']['mean']:.3f}"
+        if "oracle_ged" in values:
+            line += f" (oracle {values['oracle_ged']['mean']:.3f})"
         logging.info(line)
         if jax.process_index() == 0:
             print(line, flush=True)
@@ -392,161 +419,95 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     parameters.
 
     Returns:
-      ``best_validation_loss``, ``best_step``, ``final_step``, ``stopped_early``,
-      ``train_seconds`` and ``evaluation`` (the summary of
-      ``probunet_jax.evaluation.evaluate_model``, or None when ``config.eval.num_samples`` is 0).
+      ``best_validation`` (the selection metric ``config.train.select_by``: its best value),
+      ``best_step``, ``final_step``, ``stopped_early``, ``train_seconds`` and ``evaluation``
+      (the summary of ``probunet_jax.evaluation.evaluate_model``, or None when
+      ``config.eval.num_samples`` is 0).
 
     Raises:
-      ValueError: a bad config, or a workdir holding a run with a different config.
+      ValueError: a bad config, or a workdir holding a run with a different config (nothing is
+        written then).
+      NotADirectoryError: ``workdir`` is a file.
       FloatingPointError: a non-finite loss (the message names the step).
     """
     config_lib.validate(config)
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise NotADirectoryError(f"The workdir {workdir!r} is a file, not a folder.")
-    tc = config.train
-    mesh = sharding.make_mesh()
+    tc, mesh = config.train, sharding.make_mesh()
     local_batch = _per_process(tc.batch_size, mesh, "train.batch_size")
     local_eval_batch = _per_process(config.eval.batch_size, mesh, "eval.batch_size")
-    os.makedirs(workdir, exist_ok=True)
     checkpointing.write_config(workdir, config)
     processes = dict(process_index=jax.process_index(), process_count=jax.process_count())
-
-    train_iter = data_lib.make_train_iterator(config.data, local_batch, **processes)
     epoch = steps_per_epoch(
         len(data_lib.get_data_source(config.data, "train")), tc.batch_size, jax.process_count()
     )
-    eval_every = resolve_interval(tc.eval_every_steps, epoch)
-    checkpoint_every = resolve_interval(tc.checkpoint_every_steps, epoch)
-    logging.info(
-        "%d steps per epoch; validation every %d steps (patience %d evaluations), checkpoints "
-        "every %d steps, at most %d steps.",
-        epoch,
-        eval_every,
-        tc.patience,
-        checkpoint_every,
-        tc.num_steps,
+    model, optimizer, state = create_train_state(
+        config, jax.random.key(config.seed), data_lib.image_shape(config.data), mesh
     )
     validation = data_lib.make_eval_batches(
         config.data, "validation", local_eval_batch, **processes
     )
-    image_shape = checkpointing.image_shape(config)
-    model, optimizer, state = create_train_state(
-        config, jax.random.key(config.seed), image_shape, mesh
+    eval_step, eval_key = (
+        make_eval_step(model, config, mesh),
+        jax.random.fold_in(jax.random.key(config.seed), 1),
     )
-    best = _copy(variables_of(state))
-    early = EarlyStopping()
-    ckpt = checkpointing.Checkpointer(workdir, max_to_keep=tc.max_checkpoints_to_keep)
-    restored = ckpt.restore(state, best, train_iter)
-    if restored is not None:
-        state, best = restored.state, restored.best
-        early = EarlyStopping.from_json(restored.progress["early_stopping"])
-        ckpt.sync_best(early.best_step, best, {"validation_loss": early.to_json()["best_loss"]})
-        logging.info("Resumed from step %d of %s.", restored.step, workdir)
-
-    run = _Run(
+    loop = _Loop(
         config=config,
-        workdir=workdir,
         mesh=mesh,
-        checkpointer=ckpt,
-        writer=MetricWriter(workdir),
-        eval_step=make_eval_step(model, config, mesh),
-        validation=validation,
-        eval_key=jax.random.fold_in(jax.random.key(config.seed), 1),
+        train_step=make_train_step(model, optimizer, config, mesh),
+        train_iter=data_lib.make_train_iterator(config.data, local_batch, **processes),
+        validate=lambda variables: evaluate_validation(
+            eval_step, variables, validation, mesh, eval_key
+        ),
+        checkpointer=checkpointing.Checkpointer(workdir, max_to_keep=tc.max_checkpoints_to_keep),
+        writer=run_log.MetricWriter(workdir),
+        eval_every=resolve_interval(tc.eval_every_steps, epoch),
+        checkpoint_every=resolve_interval(tc.checkpoint_every_steps, epoch),
     )
-    train_step = make_train_step(model, optimizer, config, mesh)
-    step = int(jax.device_get(state.step))
-    start_step, start_time = step, time.perf_counter()
-    progress = _Progress(step, tc.num_steps, tc.batch_size, eval_every)
-    pending: list[tuple[int, dict]] = []
-
-    def evaluate_and_track(state: TrainState, step: int, early: EarlyStopping):
-        loss = evaluate_loss(run.eval_step, variables_of(state), run.validation, mesh, run.eval_key)
-        run.writer.write(step, "validation", loss)
-        early, improved = early.update(loss["loss"], step, tc.patience)
-        logging.info(
-            "step %d: validation loss %.4f (best %.4f at step %d)%s",
-            step,
-            loss["loss"],
-            early.best_loss,
-            early.best_step,
-            ", new best" if improved else "",
-        )
-        return early, improved
-
-    try:
-        while step < tc.num_steps and not early.stopped:
-            batch = sharding.shard_batch(next(train_iter), mesh)
-            state, metrics = train_step(state, batch)
-            step += 1
-            pending.append((step, metrics))
-            log = step % tc.log_every_steps == 0 or step == tc.num_steps
-            evaluate = step % eval_every == 0
-            save = step % checkpoint_every == 0 or step == tc.num_steps
-            if not (log or evaluate or save):
-                continue
-            fetched = _check_finite(pending, run)  # Never save a state after a bad step.
-            if log:
-                mean = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-                speed = progress.update(step)
-                run.writer.write(step, "train", {**mean, **speed})
-                logging.info(
-                    "step %d/%d: loss %.4f (reconstruction %.4f, kl %.4f) | %.2f steps/s, "
-                    "%.1f images/s, ETA %s",
-                    step,
-                    tc.num_steps,
-                    mean["loss"],
-                    mean["reconstruction"],
-                    mean["kl"],
-                    speed["steps_per_second"],
-                    speed["images_per_second"],
-                    _format_duration(speed["eta_seconds"]),
-                )
-            pending = []
-            if evaluate:
-                started = time.perf_counter()
-                early, improved = evaluate_and_track(state, step, early)
-                if improved:
-                    best = _copy(variables_of(state))
-                    ckpt.save_best(step, best, {"validation_loss": early.best_loss})
-                progress.exclude(time.perf_counter() - started, evaluation=True)
-                if early.stopped:
-                    logging.info(
-                        "Early stopping at step %d: no improvement in %d evaluations.",
-                        step,
-                        tc.patience,
-                    )
-                    save = True
-            if save:
-                started = time.perf_counter()
-                ckpt.save(step, state, best, {"early_stopping": early.to_json()}, train_iter)
-                progress.exclude(time.perf_counter() - started)
-        if early.best_step < 0:  # Fewer steps than eval_every: evaluate what we have.
-            early, _ = evaluate_and_track(state, step, early)
-            ckpt.save_best(step, _copy(variables_of(state)), {"validation_loss": early.best_loss})
-        ckpt.wait_until_finished()
-    finally:
-        ckpt.wait_until_finished()
-        run.writer.close()
-    train_seconds = time.perf_counter() - start_time
     logging.info(
-        "Trained steps %d-%d in %s; best validation loss %.4f at step %d.",
+        "%d steps per epoch; validation every %d steps (patience %d evaluations), checkpoints "
+        "every %d steps, at most %d steps.",
+        epoch,
+        loop.eval_every,
+        tc.patience,
+        loop.checkpoint_every,
+        tc.num_steps,
+    )
+    state, best, early = _resume(loop, state)
+    start_step, start_time = int(jax.device_get(state.step)), time.perf_counter()
+    try:
+        state, best, early = _train(loop, state, best, early)
+    finally:
+        loop.checkpointer.close()
+        loop.writer.close()
+    final_step, train_seconds = int(jax.device_get(state.step)), time.perf_counter() - start_time
+    logging.info(
+        "Trained steps %d-%d in %s; best validation %s %.4f at step %d.",
         start_step,
-        step,
-        _format_duration(train_seconds),
-        early.best_loss,
+        final_step,
+        run_log.format_duration(train_seconds),
+        tc.select_by,
+        early.best_value,
         early.best_step,
     )
-
-    target = checkpointing.variables_target(
-        model, image_shape, NamedSharding(mesh, PartitionSpec())
-    )
-    _, variables, _ = checkpointing.restore_best_variables(workdir, target)
-    ckpt.close()
     return {
-        "best_validation_loss": early.best_loss,
+        "best_validation": early.best_value,
         "best_step": early.best_step,
-        "final_step": step,
+        "final_step": final_step,
         "stopped_early": early.stopped,
         "train_seconds": train_seconds,
-        "evaluation": _final_evaluation(config, workdir, variables),
+        "evaluation": _final_evaluation(config, model, best, workdir),
     }
+
+
+def _resume(loop: _Loop, state: TrainState) -> tuple[TrainState, dict, EarlyStopping]:
+    """The state, best variables and early stopping of the latest checkpoint, if any."""
+    best, early = _copy(variables_of(state)), EarlyStopping()
+    restored = loop.checkpointer.restore(state, best, loop.train_iter)
+    if restored is None:
+        return state, best, early
+    early = EarlyStopping.from_json(restored.progress["early_stopping"])
+    info = {f"validation_{loop.config.train.select_by}": early.to_json()["best_value"]}
+    loop.checkpointer.sync_best(early.best_step, restored.best, info)
+    logging.info("Resumed from step %d of %s.", restored.step, loop.checkpointer.workdir)
+    return restored.state, restored.best, early

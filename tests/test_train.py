@@ -77,7 +77,7 @@ def test_resume_is_bitwise_identical_to_an_uninterrupted_run(config, tmp_path):
     config.train.num_steps = 4
     resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
     assert whole["final_step"] == resumed["final_step"] == 4
-    assert whole["best_validation_loss"] == resumed["best_validation_loss"]
+    assert whole["best_validation"] == resumed["best_validation"]
     results = []
     for name in ("whole", "resumed"):
         restored_config, model, variables = checkpointing.restore_best(str(tmp_path / name))
@@ -145,7 +145,7 @@ def test_different_config_in_the_same_workdir_is_rejected(config, tmp_path):
         ("model.variant", "gaussian", "Unknown model variant"),
         ("model.variant", "aa", r"model.variant 'aa' has latent_kind 'aa'.*latent_kind 'fc'"),
         ("model.latent_dim", 3, r"'mixture_fc' has latent_dim 2.*latent_dim 3.*'custom'"),
-        ("data.image_size", 20, "image_size 20 must be divisible by 2"),
+        ("data.image_size", 17, "image_size 17 must be divisible by 2"),
         ("data.name", "mnist", "Unknown data.name"),
         ("eval.split", "tset", "Unknown eval split"),
         ("train.batch_size", 0, "train.batch_size must be >= 1"),
@@ -361,9 +361,9 @@ def test_early_stopping_counts_evaluations_without_improvement():
         (False, False),
         (False, True),
     ]
-    assert early.best_loss == 3.0 and early.best_step == 5
+    assert early.best_value == 3.0 and early.best_step == 5
     assert train.EarlyStopping.from_json(json.loads(json.dumps(early.to_json()))) == early
-    assert train.EarlyStopping().to_json()["best_loss"] is None
+    assert train.EarlyStopping().to_json()["best_value"] is None
 
 
 def test_epoch_intervals():

@@ -65,3 +65,8 @@ def validate_data_config(config: ml_collections.ConfigDict) -> None:
     for field, low in minimum.items():
         if int(config[field]) < low:
             raise ValueError(f"data.{field} must be >= {low}, got {config[field]}.")
+
+
+def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+    """``[H, W, C]`` of the images of the data ``config``."""
+    return (int(config.image_size), int(config.image_size), 1)
