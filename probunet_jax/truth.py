@@ -8,9 +8,10 @@ the lesion profiles). So the true marginal foreground probability is exact:
 (:func:`true_foreground_probability`).
 
 Which lesions a mask marks (:func:`detected_choices`): lesion ``k`` counts as marked when the
-mask covers at least ``COVER_FRACTION`` of its core ``{g_k >= min(0.8, max g_k)}``, the pixels
-that every grader marking it includes (its peak pixel if that set is empty). A grader's mask
-therefore always shows its own choice; masks elsewhere in the image mark no lesion.
+mask covers at least ``COVER_FRACTION`` of its core ``{g_k >= min(0.8, max g_k)}``: the pixels
+that every grader marking it includes (its peak pixels if none reaches 0.8). So a grader's mask
+shows its own choice (the tests check this on oracle draws), and foreground away from the
+lesions marks none of them.
 
 Per-image columns ``[B]`` (float64) of :func:`truth_metrics`:
 
