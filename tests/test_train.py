@@ -16,45 +16,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from conftest import TEST_CONFIG
 
-from probunet_jax import checkpointing, presets, sharding, train
+from probunet_jax import checkpointing, metrics, presets, sampling, sharding, train
 from probunet_jax import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TEST_CONFIG = os.path.join(ROOT, "experiments", "configs", "test.py")
-TINY_MODEL = dict(filters=(4, 8), convs_per_block=1, head_depth=2, kl_samples=2)
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    """A persistent compilation cache, so that equal programs compile once in this file."""
-    path = str(tmp_path_factory.mktemp("jax_cache"))
-    names = (
-        "jax_compilation_cache_dir",
-        "jax_persistent_cache_min_compile_time_secs",
-        "jax_persistent_cache_min_entry_size_bytes",
-    )
-    old = {name: getattr(jax.config, name) for name in names}
-    for name, value in zip(names, (path, 0, -1), strict=True):
-        jax.config.update(name, value)
-    yield path
-    for name, value in old.items():
-        jax.config.update(name, value)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture
-def config(data_dir, cache_dir):
-    """The test config without the final evaluation."""
-    del cache_dir
-    config = config_lib.load_config_file(TEST_CONFIG)
-    config.data.data_dir = data_dir
-    config.eval.num_samples = 0
-    return config
 
 
 def leaves(tree) -> list[np.ndarray]:
@@ -225,7 +192,8 @@ MULTI_DEVICE = textwrap.dedent(
     from probunet_jax import config, sharding, train
 
     assert jax.device_count() == 4, jax.devices()
-    config = config.get_config("mixture_fc", model=%r, train=dict(batch_size=8))
+    config = config.load_config_file(%r)
+    config.train.batch_size = 8
     rng = np.random.default_rng(0)
     batch = {
         "image": rng.random((8, 16, 16, 1), np.float32),
@@ -261,7 +229,7 @@ def test_four_devices_match_one_device(cache_dir):
         PYTHONPATH=ROOT,
     )
     result = subprocess.run(
-        [sys.executable, "-c", MULTI_DEVICE % (TINY_MODEL,)],
+        [sys.executable, "-c", MULTI_DEVICE % (TEST_CONFIG,)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -301,9 +269,8 @@ def test_launcher_trains_and_evaluates(data_dir, cache_dir, tmp_path):
     assert bad.returncode != 0 and "no_such_key" in bad.stderr
 
 
-def test_eval_step_weights_valid_images_only(cache_dir):
-    del cache_dir
-    config = config_lib.get_config("fc", model=TINY_MODEL)
+def test_eval_step_weights_valid_images_only(make_config):
+    config = make_config("fc", train=dict(validation_samples=3))
     mesh = sharding.make_mesh()
     model, _, state = train.create_train_state(config, jax.random.key(0), (16, 16, 1), mesh)
     eval_step = train.make_eval_step(model, config, mesh)
@@ -323,6 +290,24 @@ def test_eval_step_weights_valid_images_only(cache_dir):
     again = jax.device_get(eval_step(variables, sharding.shard_batch(padded, mesh), key))
     np.testing.assert_allclose(sums["loss"], again["loss"], rtol=1e-6)
     assert jnp.isfinite(sums["loss"])
+    # The validation GED is that of the sampler's masks (key: the third of the step's keys).
+    sample_key = jax.random.split(key, 3)[2]
+    masks = sampling.sample_masks(model, variables, batch["image"], sample_key, num_samples=3)
+    ged = metrics.generalized_energy_distance(masks, batch["masks"]).ged
+    np.testing.assert_allclose(sums["ged"], np.sum(np.asarray(ged)[:3]), rtol=1e-5)
+
+
+def test_selection_by_validation_ged(config, tmp_path):
+    config.train.update(validation_samples=2, select_by="ged")
+    result = train.train_and_evaluate(config, str(tmp_path / "run"))
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    validation = [r for r in lines if r["split"] == "validation"]
+    assert [r["step"] for r in validation] == [2, 4]
+    best = min(validation, key=lambda r: (r["ged"], r["step"]))
+    assert (result["best_step"], result["best_validation"]) == (best["step"], best["ged"])
+    step, _, info = checkpointing.restore_best_variables(str(tmp_path / "run"))
+    assert step == best["step"] and info["validation_ged"] == best["ged"]
+    assert info["validation_loss"] == best["loss"]
 
 
 # Mixture-FC (the test config's model) compiles to the program the training loop already
@@ -331,9 +316,8 @@ def test_eval_step_weights_valid_images_only(cache_dir):
     "variant",
     [v if v == "mixture_fc" else pytest.param(v, marks=pytest.mark.slow) for v in presets.VARIANTS],
 )
-def test_every_variant_takes_finite_steps(variant, cache_dir):
-    del cache_dir
-    config = config_lib.get_config(variant, model=TINY_MODEL, train=dict(batch_size=4))
+def test_every_variant_takes_finite_steps(variant, make_config):
+    config = make_config(variant)
     mesh = sharding.make_mesh()
     model, optimizer, state = train.create_train_state(config, jax.random.key(0), (16, 16, 1), mesh)
     before = leaves(state.params)
