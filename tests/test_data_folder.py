@@ -1,6 +1,8 @@
 """Tests of folder data sets: formats, channels, classes, rater counts, resizing, splits, errors."""
 
 import os
+import subprocess
+import sys
 
 import nibabel
 import numpy as np
@@ -278,3 +280,21 @@ def test_mask_file_round_trip_is_bit_exact(tmp_path):
         got = image_files.read_array(path)
         assert got.dtype == np.uint8
         np.testing.assert_array_equal(got, mask)
+
+
+def _prepare_data(*args) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "experiments.prepare_data", *args]
+    return subprocess.run(command, capture_output=True, text=True, check=False)
+
+
+def test_prepare_data_builds_a_named_set_or_says_what_is_wrong(tmp_path):
+    write_folder(tmp_path / "src", ".npy", raters=(2, 3), num=5)
+    flags = [f"--manual_dir={tmp_path / 'src'}", f"--data_dir={tmp_path / 'out'}", "--name=cli"]
+    done = _prepare_data("--dataset=folder", *flags, "--image_size=8", "--mask_pattern=mask[01]*")
+    assert done.returncode == 0, done.stderr
+    info = data.dataset_info(folder_config(tmp_path, name="cli"))
+    assert info == data.DatasetInfo("cli", (8, 8, 1), 2, 2)
+    failed = _prepare_data("--dataset=pickle", *flags[:2], "--name=broken")
+    assert failed.returncode != 0
+    assert "no .pickle or .pkl file" in failed.stderr.strip().splitlines()[-1]
+    assert sorted(os.listdir(tmp_path / "out")) == ["probunet_custom"]
