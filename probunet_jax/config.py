@@ -134,7 +134,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"The config has no {section!r} section.")
     presets.check_model_config(config.model)
     data_lib.validate_data_config(config.data)
-    _check_image_size(config)
+    _check_data_agrees(config)
     for field, low in _TRAIN_MINIMUM.items():
         if int(config.train[field]) < low:
             raise ValueError(f"train.{field} must be >= {low}, got {config.train[field]}.")
@@ -159,11 +159,20 @@ def check_eval_arguments(split: str, num_samples: int, batch_size: int, min_samp
         raise ValueError(f"eval batch_size must be >= 1, got {batch_size}.")
 
 
-def _check_image_size(config: ml_collections.ConfigDict) -> None:
+def _check_data_agrees(config: ml_collections.ConfigDict) -> None:
+    """The data set's image size and classes against the network's levels and head."""
+    info = data_lib.dataset_info(config.data)
     factor = 2 ** (len(config.model.filters) - 1)
-    size = int(config.data.image_size)
-    if size % factor:
+    height, width, _ = info.image_shape
+    if height % factor or width % factor:
         raise ValueError(
-            f"data.image_size {size} must be divisible by {factor}: model.filters "
-            f"{tuple(config.model.filters)} has {len(config.model.filters)} resolution levels."
+            f"The images of data set {info.name!r} are {height} x {width}: both must be "
+            f"divisible by {factor}, as model.filters {tuple(config.model.filters)} has "
+            f"{len(config.model.filters)} resolution levels (set data.image_size)."
+        )
+    head = 1 if info.num_classes == 2 else info.num_classes
+    if int(config.model.num_classes) != head:
+        raise ValueError(
+            f"Data set {info.name!r} has {info.num_classes} classes, so model.num_classes must "
+            f"be {head} (1: a sigmoid for binary masks), got {config.model.num_classes}."
         )

@@ -211,7 +211,8 @@ def make_eval_step(
 ) -> Callable[[dict, dict, jax.Array], dict]:
     """The jit-compiled validation step ``(variables, batch, key) -> sums``.
 
-    ``batch`` is an eval batch ``{'image' [B, H, W, C], 'masks' [B, A, H, W], 'valid' [B], ...}``.
+    ``batch`` is an eval batch ``{'image' [B, H, W, C], 'masks' [B, A, H, W], 'rater_valid'
+    [B, A], 'valid' [B], ...}``; only valid raters count.
     Batch norm runs in inference mode, and the U-Net and the prior once per image. The loss of
     an image is its negative ELBO (z drawn from the posterior with ``key``) averaged over its A
     annotations; with ``config.train.validation_samples`` = S > 0 also its GED of S samples of
@@ -221,6 +222,7 @@ def make_eval_step(
     """
     beta, kl_samples = float(config.model.beta), int(config.model.kl_samples)
     num_samples = int(config.train.validation_samples)
+    num_classes = max(2, int(config.model.num_classes))
 
     def eval_step(variables: dict, batch: dict, key: jax.Array) -> dict:
         latent_key, kl_key, sample_key = jax.random.split(key, 3)
@@ -239,13 +241,21 @@ def make_eval_step(
         # solves of the FC/LR latents) on their single-threaded path; their multi-threaded path
         # can deadlock XLA:CPU's thread pool when two run at once (jaxlib 0.10, 2 cores).
         terms = jax.lax.map(one_annotation, jnp.moveaxis(batch["masks"], 1, 0))  # [A, B]
-        per_image = {name: jnp.mean(value, axis=0) for name, value in terms.items()}
+        raters = batch["rater_valid"].T.astype(jnp.float32)  # [A, B]: padded raters weigh 0.
+        per_image = {
+            name: jnp.sum(value * raters, axis=0) / jnp.sum(raters, axis=0)
+            for name, value in terms.items()
+        }
         if num_samples:
             logits = sampling.decode_samples(
                 model, variables, features, prior, sample_key, num_samples
             )
-            samples = sampling.logits_to_masks(logits)
-            per_image["ged"] = metrics.generalized_energy_distance(samples, batch["masks"]).ged
+            per_image["ged"] = metrics.generalized_energy_distance(
+                sampling.logits_to_masks(logits),
+                batch["masks"],
+                annotation_valid=batch["rater_valid"],
+                num_classes=num_classes,
+            ).ged
         weight = batch["valid"].astype(jnp.float32)
         sums = {name: jnp.sum(value * weight) for name, value in per_image.items()}
         return dict(sums, count=jnp.sum(weight))
@@ -442,7 +452,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         len(data_lib.get_data_source(config.data, "train")), tc.batch_size, jax.process_count()
     )
     model, optimizer, state = create_train_state(
-        config, jax.random.key(config.seed), data_lib.image_shape(config.data), mesh
+        config, jax.random.key(config.seed), data_lib.dataset_info(config.data).image_shape, mesh
     )
     validation = data_lib.make_eval_batches(
         config.data, "validation", local_eval_batch, **processes

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from probunet_jax import data
-from probunet_jax.data import lidc
+from probunet_jax.data import lidc, splits
 
 SIZE, GRADERS = lidc.IMAGE_SIZE, lidc.NUM_ANNOTATIONS
+SPLITS = splits.SPLITS
 PATIENTS, SLICES = 10, 3  # Slices per patient.
 
 
@@ -78,7 +79,7 @@ def lidc_config(tmp_path, lidc_split="patient"):
 
 def sources(config):
     data.build(config)
-    return {split: data.get_data_source(config, split) for split in lidc.SPLITS}
+    return {split: data.get_data_source(config, split) for split in SPLITS}
 
 
 def test_patient_split(tmp_path):
@@ -87,8 +88,8 @@ def test_patient_split(tmp_path):
     built = sources(lidc_config(tmp_path))
     ids = {split: [s[i]["id"].decode() for i in range(len(s))] for split, s in built.items()}
     assert sorted(sum(ids.values(), [])) == sorted(content)
-    assert [len(ids[s]) for s in lidc.SPLITS] == [18, 6, 6]  # Whole patients, 60:20:20.
-    patients = {s: {content[i]["series_uid"] for i in ids[s]} for s in lidc.SPLITS}
+    assert [len(ids[s]) for s in SPLITS] == [18, 6, 6]  # Whole patients, 60:20:20.
+    patients = {s: {content[i]["series_uid"] for i in ids[s]} for s in SPLITS}
     assert not patients["train"] & patients["validation"]
     assert not patients["train"] & patients["test"]
     assert not patients["validation"] & patients["test"]
@@ -103,16 +104,17 @@ def test_stored_example_keeps_image_and_mask_order(tmp_path):
     np.testing.assert_array_equal(example["image"][..., 0], original["image"])
     assert example["masks"].shape == (GRADERS, SIZE, SIZE) and example["masks"].dtype == np.uint8
     np.testing.assert_array_equal(example["masks"], np.stack(original["masks"]))
+    assert example["rater_valid"].dtype == bool and example["rater_valid"].all()
 
 
 def test_slice_split_is_seeded_and_ignores_patients(tmp_path):
     write_pickle(tmp_path, fake_pickle_data())
     config = lidc_config(tmp_path, "slice")
     built = sources(config)
-    assert [len(built[s]) for s in lidc.SPLITS] == [18, 6, 6]
+    assert [len(built[s]) for s in SPLITS] == [18, 6, 6]
     groups = list(fake_pickle_data())
     np.testing.assert_array_equal(
-        lidc.split_groups(groups)["test"], lidc.split_groups(groups)["test"]
+        splits.split_groups(groups)["test"], splits.split_groups(groups)["test"]
     )
     test_patients = {i.split("_")[0] for i in (built["test"][j]["id"].decode() for j in range(6))}
     assert len(test_patients) > 2  # Slices of one patient spread over splits.
@@ -121,7 +123,7 @@ def test_slice_split_is_seeded_and_ignores_patients(tmp_path):
 def test_hdf5_keeps_its_split_and_adds_back_half(tmp_path):
     groups = write_hdf5(tmp_path)
     built = sources(lidc_config(tmp_path, "phiseg"))
-    assert [len(built[s]) for s in lidc.SPLITS] == [6, 2, 3]
+    assert [len(built[s]) for s in SPLITS] == [6, 2, 3]
     example = built["validation"][1]
     assert example["id"] == b"val-00001-7932"
     np.testing.assert_allclose(example["image"][..., 0], groups["val"]["images"][1] + 0.5)
@@ -193,7 +195,15 @@ def test_missing_file_says_where_to_get_it(tmp_path, lidc_split, name):
 
 
 @pytest.mark.parametrize(
-    "field, value", [("name", "mnist"), ("annotator_choice", "all"), ("lidc_split", "random")]
+    "field, value",
+    [
+        ("name", "my data/1"),
+        ("annotator_choice", "all"),
+        ("lidc_split", "random"),
+        ("resize_mode", "stretch"),
+        ("normalization", "zscore"),
+        ("source", "hdf5"),
+    ],
 )
 def test_config_rejects_unknown_values(field, value):
     config = data.default_data_config()

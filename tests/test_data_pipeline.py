@@ -22,6 +22,7 @@ def fake_source(num: int = NUM) -> list[dict]:
         {
             "image": np.full((SIZE, SIZE, 1), i, np.float32),
             "masks": masks.reshape(GRADERS, SIZE, SIZE),
+            "rater_valid": np.ones(GRADERS, bool),
             "id": f"ex{i}".encode(),
         }
         for i in range(num)

@@ -55,6 +55,7 @@ def test_built_examples(source):
     assert example["masks"].shape == (3, 16, 16) and example["masks"].dtype == np.uint8
     assert example["id"] == b"test-000005"
     assert example["truth"]["choice"].shape == (3,)
+    assert example["rater_valid"].dtype == bool and example["rater_valid"].all()
 
 
 def test_deterministic_in_seed():
@@ -168,3 +169,22 @@ def test_oracle_ged_beats_constant_predictors(source):
 def test_rejects_bad_sizes():
     with pytest.raises(ValueError, match="image_size"):
         next(synthetic.generate(3, 4, 2, 0))
+
+
+def test_three_classes_split_the_binary_masks_into_rim_and_core(tmp_path):
+    binary = next(synthetic.generate(200, SIZE, ANNOTATIONS, seed=(2, 0)))["masks"]
+    masks = next(synthetic.generate(200, SIZE, ANNOTATIONS, seed=(2, 0), num_classes=3))["masks"]
+    np.testing.assert_array_equal(masks > 0, binary)
+    marked = binary.any(axis=(2, 3))
+    has_core, has_rim = (masks == 2).any(axis=(2, 3)), (masks == 1).any(axis=(2, 3))
+    assert has_core[marked].mean() > 0.9 and has_rim[marked].mean() > 0.9
+    config = data.default_data_config()
+    config.update(data_dir=str(tmp_path), image_size=16, num_classes=3, num_train=6)
+    config.update(num_validation=3, num_test=3)
+    assert data.dataset_info(config) == data.DatasetInfo("synthetic", (16, 16, 1), 3, 4)
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())  # Known without building.
+    stored = data.get_data_source(config, "train")
+    assert max(stored[i]["masks"].max() for i in range(6)) == 2
+    config.num_classes = 4
+    with pytest.raises(ValueError, match="num_classes 4"):
+        data.dataset_info(config)

@@ -247,3 +247,120 @@ def test_evaluate_images_collects_all_metrics():
     assert all(isinstance(v, np.ndarray) and v.shape == (2,) for v in got.values())
     np.testing.assert_allclose(got["ged"], _brute_ged(samples, annotations)[:, 0], rtol=1e-6)
     np.testing.assert_allclose(got["ncc"], metrics.variance_ncc(probs, annotations))
+
+
+# ------------------------------------------------------------- classes and padded raters
+
+
+def _brute_class_iou(x, y, num_classes):
+    """Mean IoU over the foreground classes present in x or y; 1 if none is."""
+    ious = [
+        _brute_iou(x == c, y == c)
+        for c in range(1, num_classes)
+        if (x == c).any() or (y == c).any()
+    ]
+    return 1.0 if not ious else sum(ious) / len(ious)
+
+
+def test_multiclass_ged_matches_brute_force():
+    rng = np.random.default_rng(10)
+    samples, annotations = rng.integers(0, 4, (2, 3, 5, 6)), rng.integers(0, 4, (2, 4, 5, 6))
+    annotations[0, :2] = 0  # No foreground at all.
+    annotations[1, 0] = np.where(annotations[1, 0] == 3, 0, annotations[1, 0])  # Class 3 absent.
+    got = _stack(metrics.generalized_energy_distance(samples, annotations, num_classes=4))
+    for b in range(2):
+
+        def mean_d(xs, ys):
+            return np.mean([1 - _brute_class_iou(x, y, 4) for x in xs for y in ys])
+
+        cross = mean_d(samples[b], annotations[b])
+        ss, yy = mean_d(samples[b], samples[b]), mean_d(annotations[b], annotations[b])
+        np.testing.assert_allclose(got[b], [2 * cross - ss - yy, cross, ss, yy], rtol=1e-6)
+
+
+def test_one_foreground_class_of_many_is_the_binary_metric():
+    rng = np.random.default_rng(11)
+    samples, annotations = _masks(rng, (2, 4, 6, 6)), _masks(rng, (2, 3, 6, 6))
+    binary = metrics.evaluate_images(samples, annotations)
+    multi = metrics.evaluate_images(2 * samples, 2 * annotations, num_classes=3)
+    for name in ("ged", "hungarian_iou", "dice"):
+        np.testing.assert_allclose(multi[name], binary[name], rtol=1e-6)
+    np.testing.assert_array_equal(multi["iou_class1"], 1.0)  # Absent everywhere.
+
+
+def test_per_class_iou_and_dice_match_brute_force():
+    rng = np.random.default_rng(12)
+    samples, annotations = rng.integers(0, 3, (2, 3, 5, 5)), rng.integers(0, 3, (2, 2, 5, 5))
+    got = metrics.evaluate_images(samples, annotations, num_classes=3)
+    for c in (1, 2):
+        want = [
+            np.mean([_brute_iou(s == c, y == c) for s in samples[b] for y in annotations[b]])
+            for b in range(2)
+        ]
+        np.testing.assert_allclose(got[f"iou_class{c}"], want, rtol=1e-6)
+    dice = []
+    for b in range(2):
+        p = np.stack([(samples[b] == c).mean(axis=0) for c in (1, 2)])
+        q = np.stack([(annotations[b] == c).mean(axis=0) for c in (1, 2)])
+        dice.append(
+            np.mean(2 * (p * q).sum(axis=(1, 2)) / (p.sum(axis=(1, 2)) + q.sum(axis=(1, 2))))
+        )
+    np.testing.assert_allclose(got["dice"], dice, rtol=1e-6)
+
+
+def _phiseg_ncc_classes(probs, annotations, num_classes, eps=1e-8):
+    """PHiSeg's loop with K stacked classes: probs [B, S, H, W, K], annotations labels."""
+    out = []
+    for s, y in zip(probs.astype(np.float64), annotations, strict=True):
+        mean_seg = s.mean(axis=0)
+
+        def xent(pred, target):
+            return -np.sum(target * np.log(pred + eps), axis=-1)
+
+        e_ss = np.mean([xent(si, mean_seg) for si in s], axis=0).ravel()
+        corrs = []
+        for yj in y:
+            e_sy = np.mean([xent(si, np.eye(num_classes)[yj]) for si in s], axis=0).ravel()
+            corrs.append(np.corrcoef(e_ss, e_sy)[0, 1])
+        out.append(np.mean(corrs))
+    return np.array(out)
+
+
+def test_multiclass_ncc_matches_phiseg_definition():
+    rng = np.random.default_rng(13)
+    logits = rng.normal(size=(2, 4, 6, 6, 3))
+    probs = (np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)).astype(np.float32)
+    annotations = rng.integers(0, 3, (2, 3, 6, 6))
+    got = np.asarray(metrics.variance_ncc(probs, annotations, num_classes=3))
+    np.testing.assert_allclose(got, _phiseg_ncc_classes(probs, annotations, 3), rtol=2e-4)
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_padded_raters_give_the_unpadded_metrics(num_classes):
+    rng = np.random.default_rng(14)
+    counts = [1, 2]  # Raters per image; padded to 3 with random junk.
+    samples = rng.integers(0, num_classes, (2, 3, 6, 6))
+    annotations = rng.integers(0, num_classes, (2, 3, 6, 6))
+    probs = rng.random((2, 3, 6, 6)).astype(np.float32)
+    if num_classes > 2:
+        probs = rng.dirichlet(np.ones(num_classes), (2, 3, 6, 6)).astype(np.float32)
+    valid = np.arange(3)[None, :] < np.array(counts)[:, None]
+    got = metrics.evaluate_images(
+        samples, annotations, probs, annotation_valid=valid, num_classes=num_classes
+    )
+    for b, count in enumerate(counts):
+        one = metrics.evaluate_images(
+            samples[b : b + 1],
+            annotations[b : b + 1, :count],
+            probs[b : b + 1],
+            num_classes=num_classes,
+        )
+        for name, value in one.items():
+            np.testing.assert_allclose(got[name][b], value[0], rtol=2e-6, err_msg=name)
+    unbiased = metrics.generalized_energy_distance(
+        samples, annotations, annotation_valid=valid, num_classes=num_classes, unbiased=True
+    )
+    assert np.isnan(unbiased.annotation_diversity[0])  # One rater: no pair.
+    ious = metrics.pairwise_iou(samples, annotations, annotation_valid=valid)
+    assert np.isnan(ious.sample_annotation[0, :, 1:]).all()
+    assert not np.isnan(ious.sample_annotation[0, :, 0]).any()

@@ -112,8 +112,9 @@ def test_different_config_in_the_same_workdir_is_rejected(config, tmp_path):
         ("model.variant", "gaussian", "Unknown model variant"),
         ("model.variant", "aa", r"model.variant 'aa' has latent_kind 'aa'.*latent_kind 'fc'"),
         ("model.latent_dim", 3, r"'mixture_fc' has latent_dim 2.*latent_dim 3.*'custom'"),
-        ("data.image_size", 17, "image_size 17 must be divisible by 2"),
-        ("data.name", "mnist", "Unknown data.name"),
+        ("data.image_size", 17, r"are 17 x 17: both must be divisible by 2"),
+        ("data.name", "mnist", "No data set .mnist. is built"),
+        ("model.num_classes", 3, "has 2 classes, so model.num_classes must be 1"),
         ("eval.split", "tset", "Unknown eval split"),
         ("train.batch_size", 0, "train.batch_size must be >= 1"),
         ("train.learning_rate", -1.0, "learning_rate must be > 0"),
@@ -122,7 +123,7 @@ def test_different_config_in_the_same_workdir_is_rejected(config, tmp_path):
 def test_bad_config_values_are_rejected(config, tmp_path, field, value, message):
     section, name = field.split(".")
     config[section][name] = value
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
         train.train_and_evaluate(config, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
 
@@ -278,6 +279,7 @@ def test_eval_step_weights_valid_images_only(make_config):
     batch = {
         "image": rng.random((4, 16, 16, 1), np.float32),
         "masks": (rng.random((4, 2, 16, 16)) > 0.5).astype(np.uint8),
+        "rater_valid": np.ones((4, 2), bool),
         "index": np.arange(4, dtype=np.int32),
         "valid": np.array([True, True, True, False]),
     }
@@ -295,6 +297,15 @@ def test_eval_step_weights_valid_images_only(make_config):
     masks = sampling.sample_masks(model, variables, batch["image"], sample_key, num_samples=3)
     ged = metrics.generalized_energy_distance(masks, batch["masks"]).ged
     np.testing.assert_allclose(sums["ged"], np.sum(np.asarray(ged)[:3]), rtol=1e-5)
+    # A padded rater slot (a junk mask, rater_valid False) changes nothing.
+    junk = dict(
+        batch,
+        masks=np.concatenate([batch["masks"], np.ones((4, 1, 16, 16), np.uint8)], axis=1),
+        rater_valid=np.concatenate([batch["rater_valid"], np.zeros((4, 1), bool)], axis=1),
+    )
+    with_junk = jax.device_get(eval_step(variables, sharding.shard_batch(junk, mesh), key))
+    for name in ("loss", "reconstruction", "kl", "ged"):
+        np.testing.assert_allclose(with_junk[name], sums[name], rtol=1e-5)
 
 
 def test_selection_by_validation_ged(config, tmp_path):

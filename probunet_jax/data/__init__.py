@@ -1,7 +1,9 @@
-"""Data: the synthetic ambiguous set, LIDC-IDRI, and the grain input pipeline."""
+"""Data: the synthetic ambiguous set, LIDC-IDRI, your own folder or pickle data sets, and the
+grain input pipeline."""
 
 from probunet_jax.data.builders import build, get_data_source, make_builder
-from probunet_jax.data.config import default_data_config, image_shape, validate_data_config
+from probunet_jax.data.config import default_data_config, validate_data_config
+from probunet_jax.data.info import DatasetInfo, dataset_info
 from probunet_jax.data.pipeline import (
     eval_batches,
     make_eval_batches,
@@ -10,11 +12,12 @@ from probunet_jax.data.pipeline import (
 )
 
 __all__ = [
+    "DatasetInfo",
     "build",
+    "dataset_info",
     "default_data_config",
     "eval_batches",
     "get_data_source",
-    "image_shape",
     "make_builder",
     "make_eval_batches",
     "make_train_iterator",

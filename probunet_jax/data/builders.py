@@ -1,8 +1,15 @@
-"""TFDS builders (array_record, no TensorFlow needed) for the synthetic set and LIDC-IDRI.
+"""TFDS builders (array_record, no TensorFlow needed): synthetic, LIDC-IDRI, named sets.
 
 Stored example (what ``get_data_source(config, split)[i]`` returns, numpy):
-``'image'`` float32 [H, W, 1] in [0, 1], ``'masks'`` uint8 [A, H, W] in {0, 1} (grader order),
+``'image'`` float32 [H, W, C] in [0, 1], ``'masks'`` uint8 [A, H, W] labels 0..K-1 (rater
+order; A is the data set's maximum rater count, an image's missing raters are zero),
+``'rater_valid'`` bool [A] (which raters the image has; all True for synthetic and LIDC),
 ``'id'`` bytes; the synthetic set adds ``'truth'`` (see :mod:`probunet_jax.data.synthetic`).
+
+Named sets (``config.name`` not 'synthetic' or 'lidc') are read from a folder
+(:mod:`~probunet_jax.data.folder`) or pickle (:mod:`~probunet_jax.data.pickled`) source and
+stored with a manifest (:mod:`~probunet_jax.data.info`); once built they are read back from
+their folder alone.
 
 Builds are atomic: a data set is generated into a temporary folder inside ``data_dir`` and
 renamed into place, so a failed build leaves nothing behind.
@@ -12,26 +19,29 @@ import dataclasses
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from probunet_jax.data import lidc, synthetic
-from probunet_jax.data.config import validate_data_config
+from probunet_jax.data import folder, info, lidc, pickled, records, synthetic
+from probunet_jax.data.config import is_named, validate_data_config
+from probunet_jax.data.splits import SPLITS
 
-SPLITS = lidc.SPLITS
 _ARRAY = tfds.features.Encoding.BYTES  # Raw bytes: fast to decode.
+_SOURCES = {"folder": folder.source, "pickle": pickled.source}
 
 
-def _image_features(image_size: int, num_annotations: int) -> dict:
+def _image_features(height: int, width: int, channels: int, num_raters: int) -> dict:
     return {
         "image": tfds.features.Tensor(
-            shape=(image_size, image_size, 1), dtype=np.float32, encoding=_ARRAY
+            shape=(height, width, channels), dtype=np.float32, encoding=_ARRAY
         ),
         "masks": tfds.features.Tensor(
-            shape=(num_annotations, image_size, image_size), dtype=np.uint8, encoding=_ARRAY
+            shape=(num_raters, height, width), dtype=np.uint8, encoding=_ARRAY
         ),
+        "rater_valid": tfds.features.Tensor(shape=(num_raters,), dtype=np.bool_),
         "id": tfds.features.Text(),
     }
 
@@ -53,6 +63,7 @@ class SyntheticConfig(tfds.core.BuilderConfig):
 
     image_size: int = 128
     num_annotations: int = 4
+    num_classes: int = 2
     num_train: int = 2000
     num_validation: int = 500
     num_test: int = 500
@@ -62,7 +73,8 @@ class SyntheticConfig(tfds.core.BuilderConfig):
 class ProbunetSynthetic(_Builder):
     """The synthetic ambiguous data set of :mod:`probunet_jax.data.synthetic`."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.1.0": "Adds 'rater_valid' and the 3-class option."}
     BUILDER_CONFIG_CLASS = SyntheticConfig
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -83,7 +95,8 @@ class ProbunetSynthetic(_Builder):
             "choice": tensor((a,), np.int32),
             "level": tensor((a,)),
         }
-        features = {**_image_features(config.image_size, a), "truth": truth}
+        size = config.image_size
+        features = {**_image_features(size, size, 1, a), "truth": truth}
         return tfds.core.DatasetInfo(
             builder=self,
             description=synthetic.__doc__,
@@ -103,11 +116,14 @@ class ProbunetSynthetic(_Builder):
         config = self.builder_config
         seed = (config.seed, SPLITS.index(split))
         index = 0
-        for batch in synthetic.generate(num, config.image_size, config.num_annotations, seed):
+        a = config.num_annotations
+        chunks = synthetic.generate(num, config.image_size, a, seed, config.num_classes)
+        for batch in chunks:
             for i in range(len(batch["image"])):
                 example = {
                     "image": batch["image"][i],
                     "masks": batch["masks"][i],
+                    "rater_valid": np.ones(a, bool),
                     "id": f"{split}-{index:06d}",
                     "truth": {k: v[i] for k, v in batch["truth"].items()},
                 }
@@ -123,7 +139,8 @@ class LidcConfig(tfds.core.BuilderConfig):
 class ProbunetLidc(_Builder):
     """LIDC-IDRI lesion patches (128 x 128, 4 graders) from a user-provided preprocessed file."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.1.0": "Adds 'rater_valid'."}
     BUILDER_CONFIGS = [
         LidcConfig(name="patient", description="data_lidc.pickle, 60:20:20 by series uid."),
         LidcConfig(name="slice", description="data_lidc.pickle, 60:20:20 by slice."),
@@ -138,9 +155,7 @@ class ProbunetLidc(_Builder):
         return tfds.core.DatasetInfo(
             builder=self,
             description=lidc.__doc__,
-            features=tfds.features.FeaturesDict(
-                _image_features(lidc.IMAGE_SIZE, lidc.NUM_ANNOTATIONS)
-            ),
+            features=tfds.features.FeaturesDict(_image_features(*lidc.LAYOUT[:4])),
             disable_shuffling=True,
         )
 
@@ -152,70 +167,146 @@ class ProbunetLidc(_Builder):
         yield from enumerate(records)
 
 
-def _data_dir(config: ml_collections.ConfigDict) -> str:
-    return os.path.abspath(os.path.expanduser(config.data_dir))
+@dataclasses.dataclass(eq=False)
+class CustomConfig(tfds.core.BuilderConfig):
+    """A named data set (the config name) and its checked source."""
+
+    source: records.Source | None = None
+
+
+class ProbunetCustom(_Builder):
+    """A named data set from a folder or pickle source (see :mod:`probunet_jax.data.info`)."""
+
+    VERSION = tfds.core.Version(info.VERSION)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        layout = self.builder_config.source.layout
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=f"The named data set {self.builder_config.name!r}.",
+            features=tfds.features.FeaturesDict(_image_features(*layout[:4])),
+            disable_shuffling=True,
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # The source is read already.
+        keys = self.builder_config.source.splits
+        return {split: self._generate_examples(keys[split]) for split in SPLITS}
+
+    def _generate_examples(self, keys):
+        read = self.builder_config.source.read
+        for index, key in enumerate(keys):
+            yield index, read(key)
 
 
 def make_builder(
     config: ml_collections.ConfigDict, data_dir: str | None = None
 ) -> tfds.core.DatasetBuilder:
-    """The (possibly not yet prepared) TFDS builder of ``config`` in ``data_dir``."""
+    """The (possibly not yet prepared) TFDS builder of the synthetic or LIDC ``config``."""
     validate_data_config(config)
-    data_dir = data_dir or _data_dir(config)
+    if is_named(config.name):
+        raise ValueError(f"{config.name!r} is a named data set; it has no builder before build().")
+    data_dir = data_dir or info.data_dir(config)
     if config.name == "lidc":
         return ProbunetLidc(config=config.lidc_split, data_dir=data_dir, file_format="array_record")
     fields = ("image_size", "num_annotations", "num_train", "num_validation", "num_test", "seed")
     values = {field: int(config[field]) for field in fields}
     name = "s{image_size}_a{num_annotations}_n{num_train}-{num_validation}-{num_test}_seed{seed}"
-    builder_config = SyntheticConfig(name=name.format(**values), **values)
+    name = name.format(**values) + ("" if config.num_classes == 2 else f"_k{config.num_classes}")
+    builder_config = SyntheticConfig(name=name, num_classes=int(config.num_classes), **values)
     return ProbunetSynthetic(config=builder_config, data_dir=data_dir, file_format="array_record")
+
+
+def _manual_dir(config: ml_collections.ConfigDict) -> str:
+    """The absolute source folder (or file) of ``config``: manual_dir, else data_dir."""
+    return os.path.abspath(os.path.expanduser(config.manual_dir or config.data_dir))
+
+
+def _staged_build(
+    config: ml_collections.ConfigDict,
+    target: str,
+    make: Callable[[str], tfds.core.DatasetBuilder],
+    finish: Callable[[tfds.core.DatasetBuilder], None] = lambda builder: None,
+) -> None:
+    """Prepares ``make(staging_dir)`` in a temporary folder of data_dir, calls ``finish`` on
+    it, and renames its data into ``target``; on any error nothing is left behind."""
+    os.makedirs(info.data_dir(config), exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".building-", dir=info.data_dir(config))
+    try:
+        staged = make(staging)
+        staged.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=_manual_dir(config))
+        )
+        finish(staged)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        try:
+            os.rename(staged.data_path, target)
+        except OSError:  # Another process finished the same build first.
+            if not os.path.exists(target):
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _build_named(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+    target = info.named_path(info.data_dir(config), config.name)
+    if not os.path.exists(target):
+        source = _SOURCES[config.source](config, _manual_dir(config))
+        builder_config = CustomConfig(name=config.name, source=source)
+
+        def make(staging: str) -> tfds.core.DatasetBuilder:
+            return ProbunetCustom(
+                config=builder_config, data_dir=staging, file_format="array_record"
+            )
+
+        def finish(staged: tfds.core.DatasetBuilder) -> None:
+            sizes = {split: s.num_examples for split, s in staged.info.splits.items()}
+            info.write_manifest(os.fspath(staged.data_path), config.name, source, sizes)
+
+        _staged_build(config, target, make, finish)
+    return tfds.builder_from_directory(target)
 
 
 def build(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
     """Builds the data set of ``config`` unless it is on disk; returns its prepared builder.
 
-    For LIDC the source file is read from ``config.manual_dir`` (default ``config.data_dir``).
-    Raises FileNotFoundError (LIDC file missing) or ValueError (bad file) before anything is
-    written; a failure during generation removes the partial output.
+    LIDC's file and a named set's source are read from ``config.manual_dir`` (default
+    ``config.data_dir``). Raises FileNotFoundError (source missing) or ValueError (bad source,
+    naming the file and the problem); a failure leaves nothing in ``data_dir``.
     """
+    validate_data_config(config)
+    if is_named(config.name):
+        return _build_named(config)
     builder = make_builder(config)
     if builder.data_path.exists():
         return builder
-    manual_dir = os.path.expanduser(config.manual_dir or config.data_dir)
     if config.name == "lidc":
-        lidc.find_file(manual_dir, config.lidc_split)
-    os.makedirs(_data_dir(config), exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".building-", dir=_data_dir(config))
-    try:
-        staged = make_builder(config, data_dir=staging)
-        staged.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
-        )
-        os.makedirs(builder.data_path.parent, exist_ok=True)
-        try:
-            os.rename(staged.data_path, builder.data_path)
-        except OSError:  # Another process finished the same build first.
-            if not builder.data_path.exists():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        lidc.find_file(_manual_dir(config), config.lidc_split)
+    _staged_build(
+        config, os.fspath(builder.data_path), lambda staging: make_builder(config, staging)
+    )
     return make_builder(config)
 
 
 def get_data_source(config: ml_collections.ConfigDict, split: str):
     """Random-access source of ``split`` ('train', 'validation' or 'test') of ``config``.
 
-    The synthetic set is built on first use; LIDC must have been built with
-    ``python -m experiments.prepare_data --dataset=lidc``.
+    The synthetic set is built on first use; LIDC and named sets must have been built with
+    ``python -m experiments.prepare_data``.
     """
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r}; expected one of {SPLITS}.")
+    validate_data_config(config)
+    if is_named(config.name):
+        info.read_manifest(info.data_dir(config), config.name)  # Says how to build it if absent.
+        path = info.named_path(info.data_dir(config), config.name)
+        return tfds.builder_from_directory(path).as_data_source(split)
     builder = make_builder(config)
     if not builder.data_path.exists():
         if config.name == "lidc":
             raise FileNotFoundError(
                 f"LIDC-IDRI (lidc_split={config.lidc_split!r}) is not built in "
-                f"{_data_dir(config)}. Build it once with: python -m experiments.prepare_data "
+                f"{info.data_dir(config)}. Build it once with: python -m experiments.prepare_data "
                 f"--dataset=lidc --lidc_split={config.lidc_split} --manual_dir=<folder with "
                 f"{lidc.source_file(config.lidc_split)}> --data_dir={config.data_dir} "
                 "(see data/README.md)."

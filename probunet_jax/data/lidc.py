@@ -2,32 +2,32 @@
 
 Both hold 128 x 128 lesion patches with 4 expert masks each; see ``data/README.md`` for where to
 get them. Records are dicts ``{'image': float32 [128, 128, 1] in [0, 1], 'masks': uint8
-[4, 128, 128] in {0, 1} (grader order as stored), 'id': str}``.
+[4, 128, 128] in {0, 1} (grader order as stored), 'rater_valid': bool [4] (all True), 'id':
+str}``, made by :func:`probunet_jax.data.records.make_example`.
 
 * ``data_lidc.pickle`` (Probabilistic-Unet-Pytorch): a dict slice name -> ``{'image': [128,
-  128] in [0, 1], 'masks': 4 x [128, 128], 'series_uid': str}``. Split ``'patient'``: 60:20:20
-  by series uid (no uid in two splits); split ``'slice'``: 60:20:20 by slice, as the paper's own
-  scripts did. Both are seeded with ``SPLIT_SEED``.
+  128] in [0, 1], 'masks': 4 x [128, 128], 'series_uid': str}`` (the layout of
+  :mod:`probunet_jax.data.pickled`, read with its :func:`~pickled.load`). Split ``'patient'``:
+  60:20:20 by series uid (no uid in two splits); split ``'slice'``: 60:20:20 by slice, as the
+  paper's own scripts did. Both are seeded with ``splits.SPLIT_SEED`` (:func:`splits.split_groups`).
 * ``data_lidc.hdf5`` (PHiSeg): groups ``train``/``val``/``test``, each with ``images`` (N, 128,
   128) holding image - 0.5, ``labels`` (N, 128, 128, 4) and ``uids`` (N,). Split ``'phiseg'``
   keeps its split (PHiSeg's own, by series uid).
 """
 
 import os
-import pickle
-from collections.abc import Mapping, Sequence
 
 import numpy as np
+
+from probunet_jax.data import pickled, records
+from probunet_jax.data.splits import check_nonempty, split_groups
 
 PICKLE_NAME = "data_lidc.pickle"
 HDF5_NAME = "data_lidc.hdf5"
 LIDC_SPLITS = ("patient", "slice", "phiseg")
-SPLITS = ("train", "validation", "test")
-SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
-SPLIT_SEED = 20220901
 IMAGE_SIZE = 128
 NUM_ANNOTATIONS = 4
-RANGE_TOLERANCE = 1e-3  # Images may exceed [0, 1] by this much (rounding); they are clipped.
+LAYOUT = records.Layout(IMAGE_SIZE, IMAGE_SIZE, 1, NUM_ANNOTATIONS, 2)
 
 _SOURCES = {
     PICKLE_NAME: "the README of https://github.com/stefanknegt/Probabilistic-Unet-Pytorch",
@@ -57,7 +57,7 @@ def find_file(manual_dir: str, lidc_split: str) -> str:
 
 
 def validate_example(image: np.ndarray, masks: np.ndarray, name: str) -> dict[str, np.ndarray]:
-    """Checks one patch and converts it to the stored layout.
+    """Checks one patch and converts it to the stored layout (see :mod:`records`).
 
     Args:
       image: [128, 128] intensities in [0, 1].
@@ -65,7 +65,8 @@ def validate_example(image: np.ndarray, masks: np.ndarray, name: str) -> dict[st
       name: the example's id, for error messages.
 
     Returns:
-      ``{'image': float32 [128, 128, 1], 'masks': uint8 [4, 128, 128]}``.
+      ``{'image': float32 [128, 128, 1], 'masks': uint8 [4, 128, 128], 'rater_valid': bool
+      [4] (all True)}``.
     """
     image, masks = np.asarray(image), np.asarray(masks)
     expected = (IMAGE_SIZE, IMAGE_SIZE)
@@ -74,66 +75,23 @@ def validate_example(image: np.ndarray, masks: np.ndarray, name: str) -> dict[st
             f"Example {name!r}: expected an image of shape {expected} and masks of shape "
             f"{(NUM_ANNOTATIONS, *expected)}, got {image.shape} and {masks.shape}."
         )
-    if not np.all(np.isfinite(image)):
-        raise ValueError(f"Example {name!r}: the image has NaN or infinite values.")
-    low, high = float(image.min()), float(image.max())
-    if low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
-        raise ValueError(f"Example {name!r}: image values in [{low}, {high}], expected [0, 1].")
-    if not np.all((masks == 0) | (masks == 1)):
-        raise ValueError(f"Example {name!r}: mask values {np.unique(masks)[:8]}, expected 0 or 1.")
-    return {
-        "image": np.clip(image, 0, 1).astype(np.float32)[..., None],
-        "masks": masks.astype(np.uint8),
-    }
-
-
-def _load_pickle(path: str) -> Mapping:
-    try:
-        with open(path, "rb") as f:
-            data = pickle.load(f)
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError) as e:
-        raise ValueError(f"{path} is not a readable pickle ({e!r}); expected {PICKLE_NAME}.") from e
-    keys = {"image", "masks", "series_uid"}
-    if not isinstance(data, Mapping) or not all(
-        isinstance(v, Mapping) and keys <= set(v) for v in data.values()
-    ):
-        raise ValueError(
-            f"{path}: unknown format; expected a dict of slice name -> dict with keys "
-            f"{sorted(keys)}."
-        )
-    return data
-
-
-def _check_nonempty(splits: Mapping[str, Sequence], source: str) -> None:
-    empty = [name for name in SPLITS if len(splits[name]) == 0]
-    if empty:
-        raise ValueError(f"{source}: split(s) {empty} would be empty; the file has too few data.")
-
-
-def split_groups(groups: Sequence[str], seed: int = SPLIT_SEED) -> dict[str, np.ndarray]:
-    """60:20:20 split of items by group, no group in two splits: split -> sorted item indices.
-
-    Groups are shuffled with ``seed`` and laid end to end by their item counts; a group goes to
-    the split (by cumulative fraction) in which its midpoint falls. With one item per group this
-    is a plain seeded 60:20:20 split of the items.
-    """
-    names, inverse, counts = np.unique(np.asarray(groups), return_inverse=True, return_counts=True)
-    order = np.random.default_rng(seed).permutation(len(names))
-    ends = np.cumsum(counts[order]) / len(groups)  # Cumulative share after each group.
-    bounds = np.cumsum(SPLIT_FRACTIONS)[:-1]
-    split_of_group = np.empty(len(names), np.int64)
-    split_of_group[order] = np.searchsorted(bounds, ends - 0.5 * counts[order] / len(groups))
-    split_of_item = split_of_group[inverse]
-    return {name: np.flatnonzero(split_of_item == i) for i, name in enumerate(SPLITS)}
+    where = f"Example {name!r}"
+    return records.make_example(
+        image,
+        list(masks),
+        LAYOUT,
+        image_name=where,
+        mask_names=[f"{where} mask {k}" for k in range(NUM_ANNOTATIONS)],
+    )
 
 
 def read_pickle_splits(path: str, lidc_split: str) -> dict[str, list[dict[str, np.ndarray]]]:
     """Validated records of ``data_lidc.pickle`` by split ('patient' or 'slice' level)."""
-    data = _load_pickle(path)
+    data = pickled.load(path)
     names = list(data)
     groups = [str(data[n]["series_uid"]) for n in names] if lidc_split == "patient" else names
-    indices = split_groups(groups) if names else {name: [] for name in SPLITS}
-    _check_nonempty(indices, path)
+    indices = split_groups(groups)
+    check_nonempty(indices, path)
     return {
         split: [_record(data[names[i]]["image"], data[names[i]]["masks"], names[i]) for i in idx]
         for split, idx in indices.items()
@@ -167,7 +125,7 @@ def read_hdf5_splits(path: str) -> dict[str, list[dict[str, np.ndarray]]]:
         if missing:
             raise ValueError(f"{path}: unknown format, missing datasets {missing}.")
         splits = {split: _hdf5_records(file[group], path) for split, group in _HDF5_GROUPS.items()}
-    _check_nonempty(splits, path)
+    check_nonempty(splits, path)
     return splits
 
 

@@ -1,13 +1,15 @@
 """grain input pipelines over the TFDS data sources.
 
 * :func:`train_iterator`: infinite, seeded shuffle and repeat, fixed per-process batch size
-  ``B`` (remainder dropped), one annotation chosen per example or per batch; batches are
-  ``{'image': float32 [B, H, W, 1], 'mask': uint8 [B, H, W]}``. Records are sharded over
+  ``B`` (remainder dropped), one annotation chosen among each image's valid raters
+  (``'rater_valid'``), per example or per batch; batches are ``{'image': float32 [B, H, W, C],
+  'mask': uint8 [B, H, W]}``. Records are sharded over
   processes with grain's ``ShardOptions``; the iterator has ``get_state()``/``set_state()``,
   so a run resumed from a saved state sees exactly the batches an uninterrupted run would.
 * :func:`eval_batches`: one pass, in order, every example once over all processes, fixed
-  batch size with the last batch padded; batches are ``{'image': float32 [B, H, W, 1],
-  'masks': uint8 [B, A, H, W], 'index': int32 [B], 'valid': bool [B]}``.
+  batch size with the last batch padded; batches are ``{'image': float32 [B, H, W, C],
+  'masks': uint8 [B, A, H, W], 'rater_valid': bool [B, A], 'index': int32 [B], 'valid': bool
+  [B]}``.
 
 Place batches on devices with :func:`probunet_jax.sharding.shard_batch`.
 """
@@ -31,27 +33,36 @@ def _process(process_index: int | None, process_count: int | None) -> tuple[int,
     return index, count
 
 
+def valid_rater(rater_valid: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """The valid rater ``floor(u * n_valid)`` of each row: bool [..., A], u in [0, 1) [...]."""
+    num_valid = rater_valid.sum(axis=-1)
+    rank = np.minimum((u * num_valid).astype(np.int64), num_valid - 1)  # Rank among valid ones.
+    return np.argmax(np.cumsum(rater_valid, axis=-1) > rank[..., None], axis=-1)
+
+
 class _ChooseAnnotatorPerExample(grain.transforms.RandomMap):
-    """Stored example -> ``{'image', 'mask'}`` with one uniformly drawn grader's mask."""
+    """Stored example -> ``{'image', 'mask'}``: a uniformly drawn valid rater's mask."""
 
     def random_map(self, element, rng: np.random.Generator):
-        masks = element["masks"]
-        return {"image": element["image"], "mask": masks[rng.integers(len(masks))]}
+        rater = valid_rater(element["rater_valid"], rng.random())
+        return {"image": element["image"], "mask": element["masks"][rater]}
 
 
-class _ImageAndMasks(grain.transforms.Map):
-    """Stored example -> ``{'image', 'masks'}``."""
+class _ImageMasksValid(grain.transforms.Map):
+    """Stored example -> ``{'image', 'masks', 'rater_valid'}``."""
 
     def map(self, element):
-        return {"image": element["image"], "masks": element["masks"]}
+        return {key: element[key] for key in ("image", "masks", "rater_valid")}
 
 
 class _ChooseAnnotatorPerBatch(grain.transforms.RandomMap):
-    """``{'image', 'masks' [B, A, H, W]}`` -> ``{'image', 'mask'}``, one grader for the batch."""
+    """Batched ``{'image', 'masks' [B, A, H, W], 'rater_valid'}`` -> ``{'image', 'mask'}``: one
+    uniform ``u`` for the batch, example ``b`` takes its valid rater ``floor(u * n_valid_b)``."""
 
     def random_map(self, element, rng: np.random.Generator):
-        masks = element["masks"]
-        return {"image": element["image"], "mask": masks[:, rng.integers(masks.shape[1])]}
+        raters = valid_rater(element["rater_valid"], np.full(len(element["masks"]), rng.random()))
+        masks = np.take_along_axis(element["masks"], raters[:, None, None, None], axis=1)[:, 0]
+        return {"image": element["image"], "mask": masks}
 
 
 def train_iterator(
@@ -64,13 +75,15 @@ def train_iterator(
     process_count: int | None = None,
     worker_count: int = 0,
 ) -> grain.DataLoaderIterator:
-    """Infinite training batches ``{'image': [B, H, W, 1], 'mask': uint8 [B, H, W]}``.
+    """Infinite training batches ``{'image': [B, H, W, C], 'mask': uint8 [B, H, W]}``.
 
     Args:
       source: a random-access source of stored examples (``get_data_source(config, 'train')``).
       batch_size: per-process batch size ``B``.
       seed: seed of the shuffle (reshuffled every epoch) and of the annotator choice.
-      annotator_choice: 'per_example' or 'per_batch' (one grader for the whole batch).
+      annotator_choice: 'per_example' (each example's rater uniform among its valid raters) or
+        'per_batch' (one uniform ``u`` in [0, 1) per batch; example ``b`` takes its valid rater
+        number ``floor(u * n_valid_b)``, so with equal rater counts one rater for the batch).
       process_index, process_count: this process's shard; default ``jax.process_index()`` and
         ``jax.process_count()``. Each process reads a disjoint ``1 / process_count`` of records.
       worker_count: grain worker processes (0 reads in this process).
@@ -99,7 +112,7 @@ def train_iterator(
     if annotator_choice == "per_example":
         operations = [_ChooseAnnotatorPerExample(), batch]
     else:
-        operations = [_ImageAndMasks(), batch, _ChooseAnnotatorPerBatch()]
+        operations = [_ImageMasksValid(), batch, _ChooseAnnotatorPerBatch()]
     loader = grain.DataLoader(
         data_source=source, sampler=sampler, operations=operations, worker_count=worker_count
     )
@@ -107,7 +120,8 @@ def train_iterator(
 
 
 class _PaddedExample(grain.transforms.Map):
-    """Index -> ``{'image', 'masks', 'index', 'valid'}``; indices past the end are zero padding."""
+    """Index -> ``{'image', 'masks', 'rater_valid', 'index', 'valid'}``; indices past the end
+    are padding: zero images and masks, all raters valid (so metrics stay finite)."""
 
     def __init__(self, source):
         self._source = source
@@ -115,6 +129,7 @@ class _PaddedExample(grain.transforms.Map):
         self._padding = {
             "image": np.zeros_like(first["image"]),
             "masks": np.zeros_like(first["masks"]),
+            "rater_valid": np.ones_like(first["rater_valid"]),
             "index": np.int32(-1),
             "valid": np.False_,
         }
@@ -126,6 +141,7 @@ class _PaddedExample(grain.transforms.Map):
         return {
             "image": example["image"],
             "masks": example["masks"],
+            "rater_valid": example["rater_valid"],
             "index": np.int32(element),
             "valid": np.True_,
         }
@@ -134,11 +150,12 @@ class _PaddedExample(grain.transforms.Map):
 def eval_batches(
     source, batch_size: int, *, process_index: int | None = None, process_count: int | None = None
 ) -> grain.MapDataset:
-    """One pass over ``source`` in batches ``{'image', 'masks', 'index', 'valid'}`` of size ``B``.
+    """One pass over ``source`` in batches ``{'image', 'masks', 'rater_valid', 'index', 'valid'}``
+    of size ``B``.
 
     The split is padded to a multiple of ``B * process_count`` and cut into contiguous
     per-process blocks, so all processes get the same number of batches. Padding entries have
-    zero images and masks, ``index`` -1 and ``valid`` False.
+    zero images and masks, all raters valid, ``index`` -1 and ``valid`` False.
 
     Returns:
       a grain ``MapDataset`` of batches (iterate it; ``len`` is the number of batches).

@@ -40,6 +40,10 @@ Extent ambiguity: each grader draws an iso-level ``t ~ U(0.2, 0.8)`` and outline
 ``{g >= t}`` of every lesion it marks, i.e. the radius ``r(theta) - sigma Phi^-1(t)``: looser or
 tighter by up to ``0.84 sigma``; the cue is the edge blur. A marked lesion's mask is never empty.
 
+Multi-class option (``num_classes=3``): the same masks split into two foreground classes, the
+lesion core (label 2: ``{g >= (1 + t) / 2}``, halfway between the grader's level and 1) and the
+rim (label 1: the rest of the grader's outline). ``num_classes=2`` gives binary masks (label 1).
+
 The latent choice of each grader is one of ``CHOICES``: 0 marks nothing, 1 the first lesion,
 2 the second, 3 both. Stored per example (all float32 unless noted, lesion axis of size 2):
 ``scenario`` (int32), ``center`` [2, 2] (row, column), ``radius`` [2], ``blur`` [2],
@@ -147,20 +151,29 @@ def lesion_profiles(truth: Mapping[str, np.ndarray], image_size: int) -> np.ndar
     return profiles
 
 
-def render_masks(profiles: np.ndarray, choice: np.ndarray, level: np.ndarray) -> np.ndarray:
+def render_masks(
+    profiles: np.ndarray, choice: np.ndarray, level: np.ndarray, num_classes: int = 2
+) -> np.ndarray:
     """Masks of graders with the given latents.
 
     Args:
       profiles: float [B, 2, S, S] lesion profiles.
       choice: int [B, N] in ``range(CHOICES)``, a bit mask of the lesions marked.
       level: float [B, N] iso-levels in (0, 1).
+      num_classes: 2 (binary) or 3 (rim 1, core 2; see the module doc).
 
     Returns:
-      uint8 [B, N, S, S], the union over marked lesions of ``profile >= level``.
+      uint8 [B, N, S, S]: 1 on the union over marked lesions of ``profile >= level``; with 3
+      classes, 2 where also ``profile >= (1 + level) / 2``.
     """
-    marked = (np.asarray(choice)[..., None] >> np.arange(2)) & 1  # [B, N, 2]
-    inside = profiles[:, None] >= np.asarray(level)[:, :, None, None, None]  # [B, N, 2, S, S]
-    return (inside & (marked[..., None, None] == 1)).any(axis=2).astype(np.uint8)
+    marked = ((np.asarray(choice)[..., None] >> np.arange(2)) & 1 == 1)[..., None, None]
+    level = np.asarray(level)[:, :, None, None, None]  # [B, N, 1, 1, 1]
+    masks = ((profiles[:, None] >= level) & marked).any(axis=2).astype(np.uint8)
+    if num_classes == 3:
+        masks += ((profiles[:, None] >= (1 + level) / 2) & marked).any(axis=2)
+    elif num_classes != 2:
+        raise ValueError(f"The synthetic set has 2 or 3 classes, got {num_classes=}.")
+    return masks
 
 
 def sample_latents(
@@ -175,20 +188,27 @@ def sample_latents(
 
 
 def sample_annotations_batch(
-    examples: Mapping[str, np.ndarray], num_samples: int, rng: np.random.Generator
+    examples: Mapping[str, np.ndarray],
+    num_samples: int,
+    rng: np.random.Generator,
+    num_classes: int = 2,
 ) -> np.ndarray:
     """Oracle for a batch: fresh masks from each image's true distribution, uint8 [B, N, H, W].
 
-    ``examples`` holds batched stored features: ``'image'`` [B, H, W, 1] and ``'truth'``.
+    ``examples`` holds batched stored features: ``'image'`` [B, H, W, 1] and ``'truth'``;
+    ``num_classes`` must be the data set's.
     """
     image_size = np.shape(examples["image"])[1]
     truth = examples["truth"]
     choice, level = sample_latents(truth, num_samples, rng)
-    return render_masks(lesion_profiles(truth, image_size), choice, level)
+    return render_masks(lesion_profiles(truth, image_size), choice, level, num_classes)
 
 
 def sample_annotations(
-    example: Mapping[str, np.ndarray], num_samples: int, rng: np.random.Generator
+    example: Mapping[str, np.ndarray],
+    num_samples: int,
+    rng: np.random.Generator,
+    num_classes: int = 2,
 ) -> np.ndarray:
     """Oracle: ``num_samples`` fresh masks from one stored example's distribution.
 
@@ -198,7 +218,7 @@ def sample_annotations(
         "image": np.asarray(example["image"])[None],
         "truth": {k: np.asarray(v)[None] for k, v in example["truth"].items()},
     }
-    return sample_annotations_batch(batched, num_samples, rng)[0]
+    return sample_annotations_batch(batched, num_samples, rng, num_classes)[0]
 
 
 def _lesion_shapes(num: int, image_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -297,22 +317,31 @@ def render_images(
 
 
 def generate_batch(
-    num: int, image_size: int, num_annotations: int, rng: np.random.Generator
+    num: int,
+    image_size: int,
+    num_annotations: int,
+    rng: np.random.Generator,
+    num_classes: int = 2,
 ) -> dict[str, np.ndarray | dict[str, np.ndarray]]:
-    """``num`` examples: ``'image'`` float32 [num, S, S, 1], ``'masks'`` uint8 [num, A, S, S] and
-    ``'truth'`` (the generative parameters and the stored masks' latents)."""
+    """``num`` examples: ``'image'`` float32 [num, S, S, 1], ``'masks'`` uint8 [num, A, S, S]
+    (labels ``0..num_classes-1``) and ``'truth'`` (the generative parameters and the stored
+    masks' latents)."""
     truth = sample_truth(num, image_size, rng)
     profiles = lesion_profiles(truth, image_size)
     choice, level = sample_latents(truth, num_annotations, rng)
     return {
         "image": render_images(truth, profiles, rng),
-        "masks": render_masks(profiles, choice, level),
+        "masks": render_masks(profiles, choice, level, num_classes),
         "truth": {**truth, "choice": choice, "level": level},
     }
 
 
 def generate(
-    num: int, image_size: int, num_annotations: int, seed: int | tuple[int, ...]
+    num: int,
+    image_size: int,
+    num_annotations: int,
+    seed: int | tuple[int, ...],
+    num_classes: int = 2,
 ) -> Iterator[dict[str, np.ndarray | dict[str, np.ndarray]]]:
     """Yields ``num`` examples in batches of at most ``CHUNK_SIZE`` (see :func:`generate_batch`).
 
@@ -327,4 +356,5 @@ def generate(
     seed = tuple(np.atleast_1d(seed).tolist())
     for chunk, start in enumerate(range(0, num, CHUNK_SIZE)):
         rng = np.random.default_rng((*seed, chunk))
-        yield generate_batch(min(CHUNK_SIZE, num - start), image_size, num_annotations, rng)
+        size = min(CHUNK_SIZE, num - start)
+        yield generate_batch(size, image_size, num_annotations, rng, num_classes)
