@@ -43,7 +43,7 @@ _SELECT_BY = flags.DEFINE_enum(
     "select_by", "ged", list(search.SELECT_BY), "The winner's metric on validation (lowest)."
 )
 _NUM_SAMPLES = flags.DEFINE_integer(
-    "num_samples", 16, "Samples per validation image for every trial's GED."
+    "num_samples", search.DEFAULT_NUM_SAMPLES, "Samples per validation image of a trial's GED."
 )
 _NUM_RANDOM = flags.DEFINE_integer(
     "num_random", 1, "Random draws of rank / components / temperature per grid point."

@@ -40,6 +40,7 @@ SELECT_BY = tuple(METRICS)
 
 __all__ = [
     "BACKENDS",
+    "DEFAULT_NUM_SAMPLES",
     "PAPER_SEARCH_SPACE",
     "SELECT_BY",
     "RayOptions",

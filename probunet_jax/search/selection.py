@@ -2,18 +2,18 @@
 
 The paper keeps the best performing of its trials. Its measure of performance is the GED, the
 generalized energy distance between the masks a model samples from its prior and the image's
-annotations, comparable between any two models. The validation loss cannot stand in for it:
+annotations, the same measure for any two models. The validation loss cannot stand in for it:
 it is the negative β-ELBO, reconstruction + β·KL, so a trial with β = 10 counts its KL ten
-times as much as a trial with β = 1, and a trial with β = 100 a hundred times. With the KL
-always positive, a larger β means a larger loss for the same model: a search that picks the
-lowest loss never picks β = 10 or 100, and the β axis of Table 2 is dead. The loss is also
-computed with latents drawn from the posterior (which sees the annotation), not from the
-prior that draws the masks at test time. So each trial's best checkpoint (the lowest
-validation loss within the trial: for one β, the loss does order the checkpoints) is
-evaluated on the validation split, ``evaluation.evaluate_model(config, variables,
-split='validation', num_samples=N)``, and the winner is the trial with the lowest validation
-GED (``select_by='ged'``, the default; ``'loss'`` keeps the old rule). Ray's ASHA scheduler
-compares trials by the same metric after every chunk of training.
+times as much as a trial with β = 1, and a trial with β = 100 a hundred times. The losses of
+different β are different objectives on different scales; with the KL ≥ 0, the lowest loss is
+(all but) always a β = 1 trial, whatever its samples are like, and the β axis of Table 2 is
+dead. The loss is also computed with latents drawn from the posterior (which sees the
+annotation), not from the prior that draws the masks at test time. So each trial's best
+checkpoint (the lowest validation loss within the trial: for one β the loss does order the
+checkpoints) is evaluated on the validation split, ``evaluation.evaluate_model(config,
+variables, split='validation', num_samples=N)``, and the winner is the trial with the lowest
+validation GED (``select_by='ged'``, the default; ``'loss'`` keeps the loss). Ray's ASHA
+scheduler compares trials by the same metric after every chunk of training.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ RESULT_FILE = "result.json"
 PROGRESS_FILE = "progress.json"
 
 # Trains and scores one config in a workdir, returning its results as a flat mapping
-# (``best_validation_loss``, ``validation_ged``... see `probunet_jax.search.scored`).
+# (``best_validation_loss``, ``validation_ged``...: see ``selection.scored``).
 TrialFn = Callable[[ml_collections.ConfigDict, str], Mapping[str, Any]]
 
 
