@@ -14,9 +14,11 @@
 The grid latent dim {2, 4, 6, 8} × β {1, 10, 100} is crossed with --num_random seeded draws of
 the variant's rank [1, 5] (low-rank variants, rank < latent dim), mixture components [1, 10]
 and temperature [0.1, 0.5] (mixtures). Every trial trains ``--base_config`` (fields can be
-overridden: ``--base_config.train.num_steps=2000``) with its model values; the winner has the
-lowest best validation loss, and its validation GED is reported. Writes ``root/trials.csv``,
-``root/trials.json``, ``root/best.json`` and ``root/best_config.py``.
+overridden: ``--base_config.train.num_steps=2000``) with its model values; its best checkpoint
+is evaluated on the validation split, and the winner has the lowest validation GED
+(``--select_by=loss``: the lowest validation loss, which cannot compare different β; see
+``probunet_jax.search.selection``). Writes ``root/trials.csv``, ``root/trials.json``,
+``root/best.json`` and ``root/best_config.py``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from collections.abc import Sequence
 from absl import app, flags
 from ml_collections import config_flags
 
-from probunet_jax import presets, sweep
+from experiments import cli
+from probunet_jax import presets, search
 
 _BASE_CONFIG = config_flags.DEFINE_config_file(
     "base_config",
@@ -35,17 +38,19 @@ _BASE_CONFIG = config_flags.DEFINE_config_file(
 )
 _VARIANT = flags.DEFINE_enum("variant", "mixture_fc", list(presets.VARIANTS), "Model variant.")
 _ROOT = flags.DEFINE_string("root", None, "Folder of the sweep (trials, tables, best config).")
-_BACKEND = flags.DEFINE_enum("backend", "local", list(sweep.BACKENDS), "Where trials run.")
+_BACKEND = flags.DEFINE_enum("backend", "local", list(search.BACKENDS), "Where trials run.")
+_SELECT_BY = flags.DEFINE_enum(
+    "select_by", "ged", list(search.SELECT_BY), "The winner's metric on validation (lowest)."
+)
+_NUM_SAMPLES = flags.DEFINE_integer(
+    "num_samples", search.DEFAULT_NUM_SAMPLES, "Samples per validation image of a trial's GED."
+)
 _NUM_RANDOM = flags.DEFINE_integer(
     "num_random", 1, "Random draws of rank / components / temperature per grid point."
 )
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random draws.")
 _LATENT_DIMS = flags.DEFINE_list("latent_dims", ["2", "4", "6", "8"], "Latent dimension grid.")
 _BETAS = flags.DEFINE_list("betas", ["1", "10", "100"], "β (KL weight) grid.")
-_EVALUATE_TRIALS = flags.DEFINE_bool(
-    "evaluate_trials", False, "Evaluate every trial's GED on validation (else only the winner)."
-)
-_EVALUATE_WINNER = flags.DEFINE_bool("evaluate_winner", True, "Report the winner's GED.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "List the trials and exit.")
 _RAY_ADDRESS = flags.DEFINE_string("ray_address", None, "Ray cluster ('auto'); unset: local.")
 _CHUNK_STEPS = flags.DEFINE_integer(
@@ -62,26 +67,21 @@ flags.mark_flags_as_required(["root"])
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-        space = sweep.SearchSpace(
+    trials = dict(
+        space=search.SearchSpace(
             latent_dims=tuple(int(d) for d in _LATENT_DIMS.value),
             betas=tuple(float(b) for b in _BETAS.value),
-        )
-        trials = sweep.make_trials(
-            _BASE_CONFIG.value,
-            _VARIANT.value,
-            space,
-            num_random=_NUM_RANDOM.value,
-            seed=_SEED.value,
-        )
-    except ValueError as e:
-        raise app.UsageError(str(e)) from e
+        ),
+        num_random=_NUM_RANDOM.value,
+        seed=_SEED.value,
+    )
     if _DRY_RUN.value:
-        for trial in trials:
+        listed = search.make_trials(_BASE_CONFIG.value, _VARIANT.value, **trials)
+        for trial in listed:
             print(trial.trial_id, trial.overrides)
-        print(f"{len(trials)} trials")
+        print(f"{len(listed)} trials")
         return
-    ray_options = sweep.RayOptions(
+    ray_options = search.RayOptions(
         address=_RAY_ADDRESS.value,
         chunk_steps=_CHUNK_STEPS.value,
         max_concurrent=_MAX_CONCURRENT.value,
@@ -91,31 +91,20 @@ def main(argv: Sequence[str]) -> None:
         reduction_factor=_ETA.value,
     )
     try:
-        summary = sweep.run_sweep(
+        summary = search.run(
             _BASE_CONFIG.value,
             _VARIANT.value,
             _ROOT.value,
-            space=space,
-            num_random=_NUM_RANDOM.value,
-            seed=_SEED.value,
+            **trials,
             backend=_BACKEND.value,
+            select_by=_SELECT_BY.value,
+            num_samples=_NUM_SAMPLES.value,
             ray_options=ray_options,
-            evaluate_trials=_EVALUATE_TRIALS.value,
-            evaluate_winner=_EVALUATE_WINNER.value,
         )
-    except ImportError as e:
-        raise app.UsageError(str(e)) from e
-    best = summary.best
-    print(f"Best of {len(summary.outcomes)} trials: {best.trial.trial_id} {best.trial.overrides}")
-    print(f"  {sweep.SELECTION_METRIC} = {best.result.get(sweep.SELECTION_METRIC)}")
-    if summary.validation is not None:
-        metrics = summary.validation["metrics"]
-        line = f"  validation GED = {metrics['ged']['mean']:.4f}"
-        if "oracle_ged" in metrics:
-            line += f" (oracle {metrics['oracle_ged']['mean']:.4f})"
-        print(line)
-    print("Wrote " + ", ".join(str(f) for f in summary.files))
+    except ImportError as e:  # --backend=ray without Ray, an optional extra.
+        cli.fail(str(e))
+    print(search.describe(summary))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -100,13 +100,19 @@ def latent_spec(model: ml_collections.ConfigDict) -> distributions.LatentSpec:
     ).validate()
 
 
+def changed_latent_fields(model: ml_collections.ConfigDict, variant: str) -> list[str]:
+    """The latent fields (``latent_dim``...) in which ``model`` differs from preset ``variant``."""
+    preset = model_config(variant)
+    return [f for f in LATENT_FIELDS[1:] if model[f] != preset[f]]
+
+
 def check_model_config(model: ml_collections.ConfigDict) -> None:
     """Raises ValueError for an unknown variant, latent fields that disagree with the variant's
     preset (naming both), an invalid latent or an out-of-range network or loss field."""
     check_variant(model.variant, allow_custom=True)
     if model.variant != CUSTOM:
         preset = model_config(model.variant)
-        wrong = [f for f in LATENT_FIELDS[1:] if model[f] != preset[f]]
+        wrong = changed_latent_fields(model, model.variant)
         if wrong:
             given = ", ".join(f"{f} {model[f]!r}" for f in wrong)
             expected = ", ".join(f"{f} {preset[f]!r}" for f in wrong)

@@ -1,0 +1,162 @@
+"""The search space of the paper (Bhat et al. 2022, Appendix A, Table 2) and its trial configs.
+
+| hyperparameter       | range        | search         | used by                              |
+|----------------------|--------------|----------------|--------------------------------------|
+| latent dimension     | {2, 4, 6, 8} | grid           | every variant                        |
+| β (KL weight)        | {1, 10, 100} | grid           | every variant                        |
+| rank                 | [1, 5]       | random (int)   | ``lr``, ``mixture_lr``; < latent dim |
+| mixture components N | [1, 10]      | random (int)   | ``mixture_*``                        |
+| temperature τ        | [0.1, 0.5]   | random (float) | ``mixture_*``                        |
+
+:func:`search_points` crosses the grid with ``num_random`` seeded draws of the variant's random
+hyperparameters per grid point (one point per grid point for ``aa`` and ``fc``, which have
+none). :func:`trial_config` puts a point into a base config. A mixture drawing N = 1 is a single
+Gaussian (the paper's range includes it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import ml_collections
+import numpy as np
+
+from probunet_jax import config as config_lib
+from probunet_jax import presets
+
+
+class SearchSpace(NamedTuple):
+    """A search space; the default is the paper's (Table 2). Ranges are inclusive."""
+
+    latent_dims: tuple[int, ...] = (2, 4, 6, 8)
+    betas: tuple[float, ...] = (1.0, 10.0, 100.0)
+    rank_range: tuple[int, int] = (1, 5)
+    components_range: tuple[int, int] = (1, 10)
+    temperature_range: tuple[float, float] = (0.1, 0.5)
+
+
+PAPER_SEARCH_SPACE = SearchSpace()
+
+
+def _random_names(variant: str) -> tuple[str, ...]:
+    """The randomly searched model fields of a (known) variant: rank (low-rank kinds),
+    num_components and temperature (mixtures)."""
+    preset = presets.VARIANTS[variant]
+    names = ()
+    if preset["latent_kind"] == "lr":
+        names += ("rank",)
+    if preset.get("num_components", 1) > 1:
+        names += ("num_components", "temperature")
+    return names
+
+
+def _check_range(name: str, bounds: Sequence[float], low_limit: float) -> None:
+    if len(bounds) != 2 or not low_limit <= bounds[0] <= bounds[1]:
+        raise ValueError(
+            f"{name} must be (low, high) with {low_limit} <= low <= high, got {bounds}."
+        )
+
+
+def check_space(space: SearchSpace) -> None:
+    """Raises ValueError for an empty grid or an invalid range."""
+    if not space.latent_dims or not space.betas:
+        raise ValueError(
+            f"Empty search space: latent_dims={space.latent_dims}, betas={space.betas}; "
+            "both grids need at least one value."
+        )
+    if min(space.latent_dims) < 1:
+        raise ValueError(f"latent dims must be >= 1, got {space.latent_dims}.")
+    if min(space.betas) < 0:
+        raise ValueError(f"betas must be >= 0, got {space.betas}.")
+    _check_range("rank_range", space.rank_range, 1)
+    _check_range("components_range", space.components_range, 1)
+    _check_range("temperature_range", space.temperature_range, 0)
+    if not space.temperature_range[0] > 0:
+        raise ValueError(f"temperatures must be > 0, got {space.temperature_range}.")
+
+
+def rank_bounds(space: SearchSpace, latent_dim: int) -> tuple[int, int]:
+    """Inclusive rank range at ``latent_dim``: ``space.rank_range`` cut to rank < latent_dim."""
+    low, high = space.rank_range[0], min(space.rank_range[1], latent_dim - 1)
+    if high < low:
+        raise ValueError(
+            f"Empty search space: no rank in {space.rank_range} is < latent_dim={latent_dim} "
+            "(the low-rank variants need latent_dim >= 2)."
+        )
+    return int(low), int(high)
+
+
+def sample_random(
+    names: tuple[str, ...], space: SearchSpace, latent_dim: int, rng: np.random.Generator
+) -> dict[str, Any]:
+    """One draw of the random hyperparameters ``names``, as plain Python scalars.
+
+    Integers are uniform on their inclusive ranges; the temperature is uniform, rounded to 3
+    decimals so that the recorded value is the trained one.
+    """
+    values: dict[str, Any] = {}
+    if "rank" in names:
+        low, high = rank_bounds(space, latent_dim)
+        values["rank"] = int(rng.integers(low, high + 1))
+    if "num_components" in names:
+        low, high = space.components_range
+        values["num_components"] = int(rng.integers(low, high + 1))
+        values["temperature"] = round(float(rng.uniform(*space.temperature_range)), 3)
+    return values
+
+
+def grid(space: SearchSpace) -> list[tuple[int, float]]:
+    """The grid points (latent_dim, beta), latent dim major."""
+    return [(int(d), float(b)) for d in space.latent_dims for b in space.betas]
+
+
+def search_points(
+    variant: str, space: SearchSpace = PAPER_SEARCH_SPACE, *, num_random: int = 1, seed: int = 0
+) -> list[dict[str, Any]]:
+    """The model values of every trial: the grid × ``num_random`` draws per grid point.
+
+    Draw ``r`` at grid point ``g`` uses ``numpy.random.default_rng((seed, g, r))``, so adding
+    draws keeps the earlier ones. Variants without random hyperparameters get one point per grid
+    point; duplicate draws are dropped.
+
+    Returns:
+      ``[{'latent_dim': int, 'beta': float, <the variant's random fields>}, ...]``.
+    """
+    presets.check_variant(variant)
+    check_space(space)
+    if num_random < 1:
+        raise ValueError(f"num_random must be >= 1, got {num_random}.")
+    names = _random_names(variant)
+    draws = num_random if names else 1
+    points, seen = [], set()
+    for g, (latent_dim, beta) in enumerate(grid(space)):
+        for r in range(draws):
+            rng = np.random.default_rng((seed, g, r))
+            point = {"latent_dim": latent_dim, "beta": beta}
+            point.update(sample_random(names, space, latent_dim, rng))
+            key = tuple(sorted(point.items()))
+            if key not in seen:
+                seen.add(key)
+                points.append(point)
+    return points
+
+
+def trial_config(
+    base: ml_collections.ConfigDict, variant: str, point: Mapping[str, Any]
+) -> ml_collections.ConfigDict:
+    """A valid copy of ``base`` whose model is ``variant`` with the values of ``point``.
+
+    ``model.variant`` stays the preset's name where the point keeps its latent fields and is
+    ``'custom'`` where it changes them (``config.validate`` requires that). The trial never
+    looks at the test split: ``eval.split`` is 'validation', and ``eval.num_samples`` is 0 (the
+    search evaluates the best checkpoint itself).
+    """
+    config = config_lib.with_variant(base, variant)
+    config.model.update(point)
+    if presets.changed_latent_fields(config.model, variant):
+        config.model.variant = presets.CUSTOM
+    config.eval.split = "validation"
+    config.eval.num_samples = 0
+    config_lib.validate(config)
+    return config
