@@ -43,7 +43,7 @@ def main(argv: Sequence[str]) -> None:
         "Done: final step %d, best validation %s %.4f at step %d.",
         result["final_step"],
         _CONFIG.value.train.select_by,
-        result["best_validation"],
+        result[f"best_validation_{_CONFIG.value.train.select_by}"],
         result["best_step"],
     )
 

@@ -429,7 +429,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     parameters.
 
     Returns:
-      ``best_validation`` (the selection metric ``config.train.select_by``: its best value),
+      ``best_validation_<select_by>`` (the best value of the selection metric
+      ``config.train.select_by``: ``best_validation_loss`` or ``best_validation_ged``),
       ``best_step``, ``final_step``, ``stopped_early``, ``train_seconds`` and ``evaluation``
       (the summary of ``probunet_jax.evaluation.evaluate_model``, or None when
       ``config.eval.num_samples`` is 0).
@@ -501,7 +502,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         early.best_step,
     )
     return {
-        "best_validation": early.best_value,
+        f"best_validation_{tc.select_by}": early.best_value,
         "best_step": early.best_step,
         "final_step": final_step,
         "stopped_early": early.stopped,

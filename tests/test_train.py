@@ -44,7 +44,7 @@ def test_resume_is_bitwise_identical_to_an_uninterrupted_run(config, tmp_path):
     config.train.num_steps = 4
     resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
     assert whole["final_step"] == resumed["final_step"] == 4
-    assert whole["best_validation"] == resumed["best_validation"]
+    assert whole["best_validation_loss"] == resumed["best_validation_loss"]
     results = []
     for name in ("whole", "resumed"):
         restored_config, model, variables = checkpointing.restore_best(str(tmp_path / name))
@@ -315,7 +315,7 @@ def test_selection_by_validation_ged(config, tmp_path):
     validation = [r for r in lines if r["split"] == "validation"]
     assert [r["step"] for r in validation] == [2, 4]
     best = min(validation, key=lambda r: (r["ged"], r["step"]))
-    assert (result["best_step"], result["best_validation"]) == (best["step"], best["ged"])
+    assert (result["best_step"], result["best_validation_ged"]) == (best["step"], best["ged"])
     step, _, info = checkpointing.restore_best_variables(str(tmp_path / "run"))
     assert step == best["step"] and info["validation_ged"] == best["ged"]
     assert info["validation_loss"] == best["loss"]
