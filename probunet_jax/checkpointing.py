@@ -72,7 +72,9 @@ def _as_json_tree(config: ml_collections.ConfigDict) -> dict:
     return json.loads(config.to_json())
 
 
-def _resumable(key: str) -> bool:
+def _resumable(key: str, config: ml_collections.ConfigDict) -> bool:
+    if key == "train.num_steps" and config.train.schedule != "constant":
+        return False  # The learning rate schedule ends at train.num_steps.
     return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_KEYS)
 
 
@@ -100,13 +102,14 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     if os.path.exists(path):
         stored = load_config(workdir)
         differences = config_differences(stored, config)
-        fatal = [k for k in differences if not _resumable(k)]
+        fatal = [k for k in differences if not _resumable(k, config)]
         if fatal:
             old, new = _flatten(_as_json_tree(stored)), _flatten(_as_json_tree(config))
             details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in fatal)
             raise ValueError(
                 f"The workdir {workdir!r} holds a run with a different config ({details}). "
-                f"Only {', '.join(RESUMABLE_KEYS)} may change when resuming; use a new workdir."
+                f"Only {', '.join(RESUMABLE_KEYS)} may change when resuming (train.num_steps "
+                "only with a constant learning rate schedule); use a new workdir."
             )
         if differences:
             logging.info("Resuming with changed config fields: %s", ", ".join(differences))

@@ -20,6 +20,12 @@ Layout::
     train.validation_samples  samples per image for the validation GED at every validation (0: off)
     train.select_by           'loss' or 'ged' (needs validation_samples > 0): the validation
                               metric that picks the best checkpoint and drives early stopping
+    train.schedule, train.warmup_steps   'constant', or 'cosine': linear warm-up, then cosine
+                              decay to 0 at train.num_steps
+    train.kl_warmup_steps     β ramps linearly from 0 over this many steps (0: off)
+    train.geco_target, train.geco_rate, train.geco_decay   GECO instead of β when the target
+                              (mean cross-entropy per pixel, nats) is > 0: loss = KL + λ·C,
+                              λ ← λ·exp(rate · moving average (decay) of C)
     train.checkpoint_every_steps, train.max_checkpoints_to_keep   periodic checkpoints (ONE_EPOCH
                               as above)
     train.log_every_steps     training metrics, steps/s and ETA
@@ -40,6 +46,7 @@ from probunet_jax import presets
 ONE_EPOCH = 0  # train.eval_every_steps / checkpoint_every_steps: one epoch of the training split.
 EVAL_SPLITS = ("validation", "test", "train")
 SELECT_BY = ("loss", "ged")
+SCHEDULES = ("constant", "cosine")
 
 _TRAIN_DEFAULTS = dict(
     batch_size=32,
@@ -52,6 +59,12 @@ _TRAIN_DEFAULTS = dict(
     max_checkpoints_to_keep=2,
     validation_samples=0,
     select_by="loss",
+    schedule="constant",
+    warmup_steps=0,
+    kl_warmup_steps=0,
+    geco_target=0.0,
+    geco_rate=0.01,
+    geco_decay=0.99,
 )
 _TRAIN_MINIMUM = dict(
     batch_size=1,
@@ -62,6 +75,8 @@ _TRAIN_MINIMUM = dict(
     log_every_steps=1,
     max_checkpoints_to_keep=1,
     validation_samples=0,
+    warmup_steps=0,
+    kl_warmup_steps=0,
 )
 _EVAL_DEFAULTS = dict(num_samples=16, batch_size=32, split="test")
 
@@ -144,6 +159,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
     if config.train.select_by == "ged" and int(config.train.validation_samples) < 1:
         raise ValueError("train.select_by='ged' needs train.validation_samples >= 1.")
+    if config.train.schedule not in SCHEDULES:
+        raise ValueError(
+            f"Unknown train.schedule {config.train.schedule!r}; expected one of {SCHEDULES}."
+        )
+    if config.train.geco_target < 0 or not 0 <= config.train.geco_decay < 1:
+        raise ValueError(
+            "train.geco_target must be >= 0 (0: off) and train.geco_decay in [0, 1), got "
+            f"{config.train.geco_target} and {config.train.geco_decay}."
+        )
     if not config.train.learning_rate > 0:
         raise ValueError(f"train.learning_rate must be > 0, got {config.train.learning_rate}.")
     check_eval_arguments(config.eval.split, config.eval.num_samples, config.eval.batch_size, 0)

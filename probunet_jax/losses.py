@@ -1,6 +1,9 @@
-"""The training objective: pixel cross-entropy + β·KL(q‖p) (Kohl et al. 2018, eq. 4)."""
+"""The training objective: pixel cross-entropy + β·KL(q‖p) (Kohl et al. 2018, eq. 4), with a
+KL warm-up, or GECO's constrained form (Rezende & Viola 2018) as an alternative to β."""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -70,3 +73,50 @@ def elbo_loss(
     terms = elbo_terms(output, mask, beta=beta, key=key, kl_samples=kl_samples)
     metrics = {name: jnp.mean(value) for name, value in terms.items()}
     return metrics["loss"], metrics
+
+
+def kl_weight(beta: float, step: jax.Array, warmup_steps: int) -> jax.Array:
+    """β ramped linearly from 0 at step 0 to ``beta`` at ``warmup_steps`` (0: no warm-up)."""
+    if warmup_steps <= 0:
+        return jnp.asarray(beta, jnp.float32)
+    return beta * jnp.minimum(1.0, step.astype(jnp.float32) / warmup_steps)
+
+
+class GecoState(NamedTuple):
+    """GECO's Lagrange multiplier λ and the moving average of its constraint (scalars)."""
+
+    multiplier: jax.Array
+    constraint_average: jax.Array
+
+    @classmethod
+    def initial(cls) -> GecoState:
+        return cls(jnp.ones((), jnp.float32), jnp.zeros((), jnp.float32))
+
+
+def geco_loss(
+    metrics: dict[str, jax.Array], state: GecoState, target: float, num_pixels: int
+) -> tuple[jax.Array, jax.Array]:
+    """GECO (Rezende & Viola 2018; the hierarchical Probabilistic U-Net's training): minimise
+    the KL subject to a reconstruction constraint, loss = KL + λ·C with the constraint
+    C = reconstruction / pixels − ``target`` (mean cross-entropy per pixel, in nats).
+
+    Args:
+      metrics: batch means ``reconstruction`` (summed over pixels) and ``kl``.
+      state: λ (treated as a constant) and the constraint's moving average.
+      target: κ, the mean per-pixel cross-entropy the reconstruction must reach.
+      num_pixels: H·W.
+
+    Returns:
+      The loss and the batch's constraint C.
+    """
+    constraint = metrics["reconstruction"] / num_pixels - target
+    return metrics["kl"] + jax.lax.stop_gradient(state.multiplier) * constraint, constraint
+
+
+def geco_update(state: GecoState, constraint: jax.Array, *, rate: float, decay: float) -> GecoState:
+    """λ ← λ·exp(rate·C̄) with C̄ the moving average (``decay``) of the constraint: λ grows
+    while the reconstruction is worse than the target and shrinks once it is better (clipped
+    to [1e-6, 1e6])."""
+    average = decay * state.constraint_average + (1.0 - decay) * jax.lax.stop_gradient(constraint)
+    multiplier = jnp.clip(state.multiplier * jnp.exp(rate * average), 1e-6, 1e6)
+    return GecoState(multiplier, average)

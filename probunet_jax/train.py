@@ -49,6 +49,7 @@ class TrainState(NamedTuple):
       opt_state: the optax state.
       rng: uint32 key data (`jax.random.key_data`) of the run's base key; step `t` uses
         `fold_in(key, t)`, so the randomness of a step does not depend on where a run resumed.
+      geco: GECO's multiplier and constraint average (unused unless ``train.geco_target``).
     """
 
     step: jax.Array
@@ -56,6 +57,7 @@ class TrainState(NamedTuple):
     batch_stats: Any
     opt_state: optax.OptState
     rng: jax.Array
+    geco: losses.GecoState
 
 
 class EarlyStopping(NamedTuple):
@@ -116,9 +118,20 @@ def _per_process(global_batch: int, mesh: Mesh, what: str) -> int:
 # ----------------------------------------------------------------------------- state and steps
 
 
+def learning_rate_schedule(train_config: ml_collections.ConfigDict) -> optax.Schedule:
+    """``train.schedule``: 'constant', or 'cosine' (linear warm-up over ``train.warmup_steps``,
+    then cosine decay to 0 at ``train.num_steps``)."""
+    rate = float(train_config.learning_rate)
+    if train_config.schedule == "constant":
+        return optax.constant_schedule(rate)
+    return optax.warmup_cosine_decay_schedule(
+        0.0, rate, int(train_config.warmup_steps), int(train_config.num_steps)
+    )
+
+
 def make_optimizer(train_config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Adam with the configured learning rate (paper: 1e-4)."""
-    return optax.adam(train_config.learning_rate)
+    """Adam with the configured learning rate (paper: 1e-4, constant) and schedule."""
+    return optax.adam(learning_rate_schedule(train_config))
 
 
 def create_train_state(
@@ -147,6 +160,7 @@ def create_train_state(
             batch_stats=variables["batch_stats"],
             opt_state=optimizer.init(params),
             rng=jax.random.key_data(rng),
+            geco=losses.GecoState.initial(),
         )
 
     out_shardings = None if mesh is None else NamedSharding(mesh, PartitionSpec())
@@ -167,14 +181,20 @@ def make_train_step(
     """The jit-compiled step ``(state, batch) -> (state, metrics)``.
 
     ``batch`` is ``{'image': [B, H, W, C], 'mask': [B, H, W]}`` sharded over ``'data'``; the state
-    is replicated and donated (do not use the argument afterwards). ``metrics`` are scalars:
-    ``loss``, ``reconstruction``, ``kl`` (batch means) and ``grad_norm``.
+    is replicated and donated (do not use the argument afterwards). The loss is the negative
+    ELBO with β warmed up over ``train.kl_warmup_steps``, or with ``train.geco_target`` > 0
+    GECO's KL + λ·(reconstruction per pixel − target). ``metrics`` are scalars: ``loss``,
+    ``reconstruction``, ``kl`` (batch means), ``grad_norm``, ``learning_rate`` and ``kl_weight``
+    (β, or 1/λ under GECO).
     """
     beta, kl_samples = float(config.model.beta), int(config.model.kl_samples)
+    tc = config.train
+    schedule = learning_rate_schedule(tc)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         latent_key, kl_key = jax.random.split(key)
+        weight = losses.kl_weight(beta, state.step, int(tc.kl_warmup_steps))
 
         def loss_fn(params):
             output, updates = model.apply(
@@ -186,15 +206,29 @@ def make_train_step(
                 mutable=["batch_stats"],
             )
             loss, metrics = losses.elbo_loss(
-                output, batch["mask"], beta=beta, key=kl_key, kl_samples=kl_samples
+                output, batch["mask"], beta=weight, key=kl_key, kl_samples=kl_samples
             )
-            return loss, (metrics, updates["batch_stats"])
+            constraint = jnp.zeros(())
+            if tc.geco_target > 0:
+                num_pixels = batch["mask"].shape[1] * batch["mask"].shape[2]
+                loss, constraint = losses.geco_loss(metrics, state.geco, tc.geco_target, num_pixels)
+            return loss, (metrics, constraint, updates["batch_stats"])
 
-        grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+        grads, (metrics, constraint, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
-        return TrainState(state.step + 1, params, batch_stats, opt_state, state.rng), metrics
+        geco = state.geco
+        if tc.geco_target > 0:
+            geco = losses.geco_update(geco, constraint, rate=tc.geco_rate, decay=tc.geco_decay)
+            weight = 1.0 / state.geco.multiplier
+        metrics = dict(
+            metrics,
+            grad_norm=optax.tree.norm(grads),
+            learning_rate=schedule(state.step),
+            kl_weight=weight,
+        )
+        state = TrainState(state.step + 1, params, batch_stats, opt_state, state.rng, geco)
+        return state, metrics
 
     replicated = NamedSharding(mesh, PartitionSpec())
     batch_sharding = NamedSharding(mesh, PartitionSpec(sharding.DATA_AXIS))

@@ -29,6 +29,8 @@ from probunet_jax.data import folder, info, lidc, pickled, records, synthetic
 from probunet_jax.data.config import is_named, validate_data_config
 from probunet_jax.data.splits import SPLITS
 
+# TFDS's tqdm bars would tear the absl log lines of a run; builds are logged instead.
+tfds.disable_progress_bar()
 _ARRAY = tfds.features.Encoding.BYTES  # Raw bytes: fast to decode.
 _SOURCES = {"folder": folder.source, "pickle": pickled.source}
 
