@@ -8,8 +8,15 @@ call. Per batch of ``config.eval.batch_size`` images it
    the key ``fold_in(key, i)``: the results do not depend on the batch size),
 2. turns the logits into hard masks and foreground probabilities (sigmoid; the NCC uses them),
 3. computes every per-image metric of :func:`probunet_jax.metrics.evaluate_images` on device,
-4. on the synthetic set also the GED of S fresh masks from each image's true annotation
-   distribution (``oracle_*`` columns, see :func:`oracle_samples`): the best score attainable.
+4. computes in numpy, on the valid rows, the pixel calibration against the raters and the CI
+   score (``calibration.calibration_metrics``, the rater validity ``batch['rater_valid']``
+   where the data carries it), and on the synthetic set the metrics against the true
+   annotation distribution (``truth.truth_metrics``) and the oracle: S fresh masks from each
+   image's true annotation distribution (see :func:`oracle_samples`), its GED and its own
+   truth columns (``oracle_*`` columns): the best scores attainable, the Monte Carlo floor,
+5. adds up the pixel reliability bins over batches (``rater_pixel``, ``truth_pixel``,
+   ``oracle_truth_pixel``); with the presence curves of the per-image columns they are the
+   ``reliability`` curves of ``summary.json``.
 
 Padding rows of the last batch are dropped. Batches are sharded over this process's devices
 (variables replicated); with several processes each evaluates the whole split and process 0
@@ -35,14 +42,17 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
+from probunet_jax import calibration, data, metrics, reporting, sampling, sharding
 from probunet_jax import config as config_lib
-from probunet_jax import data, metrics, reporting, sampling, sharding
+from probunet_jax import truth as truth_lib
 from probunet_jax.data import synthetic
+from probunet_jax.metric_labels import ORACLE_PREFIX
 from probunet_jax.model import ProbabilisticUNet, model_from_config
 
 NUM_EXAMPLES = 8  # Images kept with their samples for the sample grids (Fig. 4).
 ORACLE_STREAM = 0x0AC1E  # Separates the oracle's numpy seeds from other uses of the key.
 LOG_EVERY_S = 10.0
+ORACLE_TRUTH_COLUMNS = ("truth_ece", "truth_brier", "presence_rate", "mode_tvd")
 
 
 class SampleBatch(NamedTuple):
@@ -155,14 +165,64 @@ def oracle_metrics(oracle: np.ndarray, annotations: np.ndarray) -> dict[str, np.
     """``oracle_ged`` and its break-up `[B]` of oracle masks `[B, S, H, W]` vs annotations."""
     result = metrics.generalized_energy_distance(oracle, annotations)
     return {
-        reporting.ORACLE_GED: np.asarray(result.ged),
-        "oracle_sample_annotation_distance": np.asarray(result.sample_annotation_distance),
-        "oracle_sample_diversity": np.asarray(result.sample_diversity),
+        ORACLE_PREFIX + "ged": np.asarray(result.ged),
+        ORACLE_PREFIX + "sample_annotation_distance": np.asarray(result.sample_annotation_distance),
+        ORACLE_PREFIX + "sample_diversity": np.asarray(result.sample_diversity),
     }
 
 
 def _stack_truth(examples: list[dict]) -> dict[str, np.ndarray]:
     return {name: np.stack([e["truth"][name] for e in examples]) for name in examples[0]["truth"]}
+
+
+# --------------------------------------------------------------------------- host metrics
+
+
+class BatchMetrics(NamedTuple):
+    """Per-image columns of a batch's valid rows and their pixel reliability bins."""
+
+    columns: dict[str, np.ndarray]  # each [B]
+    pixel_bins: dict[str, calibration.ReliabilityBins]  # by curve name, each [B, K]
+
+
+def rater_calibration(
+    samples: SampleBatch, annotations: np.ndarray, annotation_valid: np.ndarray | None
+) -> BatchMetrics:
+    """``calibration.calibration_metrics`` of samples `[B, S, H, W]` against the raters'
+    masks `[B, A, H, W]` (``annotation_valid`` `[B, A]`, None: all), bins ``rater_pixel``."""
+    result = calibration.calibration_metrics(
+        samples.masks, annotations, samples.probs, annotation_valid
+    )
+    return BatchMetrics(result.columns, {"rater_pixel": result.pixel_bins})
+
+
+def truth_and_oracle(
+    samples: SampleBatch, oracle: np.ndarray, annotations: np.ndarray, truth: Mapping
+) -> BatchMetrics:
+    """Synthetic set: ``truth.truth_metrics`` of the samples `[B, S, H, W]` and, prefixed
+    ``oracle_``, the oracle's GED against the annotations `[B, A, H, W]` and its own truth
+    columns ORACLE_TRUTH_COLUMNS (its masks `[B, S, H, W]`, frequency as prediction: the
+    Monte Carlo floor); bins ``truth_pixel`` and ``oracle_truth_pixel``."""
+    model = truth_lib.truth_metrics(samples.masks, samples.probs, truth)
+    own = truth_lib.truth_metrics(oracle, None, truth)
+    columns = {**model.columns, **oracle_metrics(oracle, annotations)}
+    columns |= {ORACLE_PREFIX + name: own.columns[name] for name in ORACLE_TRUTH_COLUMNS}
+    bins = {"truth_pixel": model.pixel_bins, ORACLE_PREFIX + "truth_pixel": own.pixel_bins}
+    return BatchMetrics(columns, bins)
+
+
+def reliability(
+    per_image: Mapping[str, np.ndarray], pixel_bins: Mapping[str, calibration.ReliabilityBins]
+) -> dict[str, calibration.ReliabilityCurve]:
+    """The curves of ``summary.json``: the pixel curves of the bins `[N, K]` summed over
+    images, and on the synthetic set the presence curves of the model and the oracle."""
+    curves = {name: calibration.reliability_curve(bins) for name, bins in pixel_bins.items()}
+    for prefix in ("", ORACLE_PREFIX):
+        if prefix + "presence_rate" in per_image:
+            curves[prefix + "presence"] = truth_lib.presence_reliability(
+                per_image[prefix + "presence_rate"], per_image["presence_probability"]
+            )
+    return curves
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -171,6 +231,72 @@ def _stack_truth(examples: list[dict]) -> dict[str, np.ndarray]:
 class _Collected(NamedTuple):
     per_image: dict[str, np.ndarray]
     examples: reporting.Examples
+    reliability: dict[str, calibration.ReliabilityCurve]
+
+
+class _Throughput:
+    """Logs images/s every LOG_EVERY_S and at the end (also after the first, compiling batch)."""
+
+    def __init__(self, split: str, num_samples: int):
+        self.split, self.num_samples = split, num_samples
+        self.start = self.last_log = time.perf_counter()
+        self.done, self.first = 0, None  # first: (time, images) after the first batch
+
+    def update(self, images: int) -> None:
+        self.done += images
+        now = time.perf_counter()
+        self.first = self.first or (now, self.done)
+        if now - self.last_log > LOG_EVERY_S:
+            rate = self.done / (now - self.start)
+            logging.info("eval %s: %d images, %.1f images/s", self.split, self.done, rate)
+            self.last_log = now
+
+    def finish(self) -> None:
+        end = time.perf_counter()
+        steady = ""
+        if self.first and self.done > self.first[1]:
+            rate = (self.done - self.first[1]) / max(end - self.first[0], 1e-9)
+            steady = f", {rate:.1f} after the first batch"
+        logging.info(
+            "eval %s: %d images x %d samples in %.1f s (%.1f images/s%s)",
+            self.split,
+            self.done,
+            self.num_samples,
+            end - self.start,
+            self.done / max(end - self.start, 1e-9),
+            steady,
+        )
+
+
+class _Oracle(NamedTuple):
+    """What the oracle of the synthetic set needs: the data source (for ``'truth'``), its key."""
+
+    source: object
+    key: jax.Array
+
+
+def _host_metrics(batch: Mapping, samples: SampleBatch, oracle: _Oracle | None) -> list:
+    """The :class:`BatchMetrics` computed in numpy for the valid rows of a batch (``samples``
+    `[B, S, H, W]` already restricted to them): rater calibration; truth and oracle if given."""
+    valid = np.asarray(batch["valid"])
+    if not valid.any():
+        return []
+    annotations = np.asarray(batch["masks"])[valid]
+    rater_valid = batch.get("rater_valid")  # [B, A] once the data carries it.
+    rater_valid = None if rater_valid is None else np.asarray(rater_valid)[valid]
+    parts = [rater_calibration(samples, annotations, rater_valid)]
+    if oracle is not None:
+        indices = np.asarray(batch["index"])[valid]
+        truth = _stack_truth(oracle.source.__getitems__(indices.tolist()))
+        size, num_samples = annotations.shape[-1], samples.masks.shape[1]
+        masks = oracle_samples(truth, indices, size, num_samples, oracle.key)
+        parts.append(truth_and_oracle(samples, masks, annotations, truth))
+    return parts
+
+
+def _append(store: dict[str, list], values: Mapping) -> None:
+    for name, value in values.items():
+        store.setdefault(name, []).append(value)
 
 
 def _collect(
@@ -182,23 +308,23 @@ def _collect(
     batch_size: int,
     key: jax.Array,
 ) -> _Collected:
-    """Runs the model over ``split``; per-image columns (padding dropped) and the examples."""
+    """Runs the model over ``split``: per-image columns (padding dropped), the examples and
+    the reliability curves."""
     source = data.get_data_source(config.data, split)
+    sample_key, oracle_key = jax.random.split(key)
     with_oracle = config.data.name == "synthetic" and "truth" in source[0]
+    oracle = _Oracle(source, oracle_key) if with_oracle else None
     # Every process evaluates the whole split (process 0 writes): no cross-host gather needed.
     batches = data.make_eval_batches(
         config.data, split, batch_size, process_index=0, process_count=1
     )
     placement = place(variables, batch_size)
-    sample_key, oracle_key = jax.random.split(key)
     columns: dict[str, list[np.ndarray]] = {}
+    bins: dict[str, list[calibration.ReliabilityBins]] = {}
     kept: list[tuple[np.ndarray, ...]] = []
-    num_kept = done = first_done = 0
-    start = last_log = time.perf_counter()
-    first_time = None  # After the first batch: compilation is done.
+    throughput = _Throughput(split, num_samples)
     for batch in batches:
-        valid = np.asarray(batch["valid"])
-        indices = np.asarray(batch["index"])
+        valid, indices = np.asarray(batch["valid"]), np.asarray(batch["index"])
         images, annotations, keys = jax.device_put(
             (batch["image"], batch["masks"], image_keys(sample_key, jnp.asarray(indices))),
             placement.batch,
@@ -206,45 +332,24 @@ def _collect(
         samples = sample_batch(model, placement.variables, images, keys, num_samples)
         # The full (padded) batch keeps one compiled shape; padding rows are dropped after.
         values = metrics.evaluate_images(samples.masks, annotations, samples.probs)
-        values = {name: v[valid] for name, v in values.items()}
-        values["index"] = indices[valid]
-        if with_oracle and valid.any():
-            examples = source.__getitems__(indices[valid].tolist())
-            image_size = batch["image"].shape[1]
-            oracle = oracle_samples(
-                _stack_truth(examples), indices[valid], image_size, num_samples, oracle_key
-            )
-            values.update(oracle_metrics(oracle, batch["masks"][valid]))
-        for name, value in values.items():
-            columns.setdefault(name, []).append(value)
-        if num_kept < NUM_EXAMPLES:
-            take = np.flatnonzero(valid)[: NUM_EXAMPLES - num_kept]
-            masks = np.asarray(samples.masks)[take]
-            kept.append((batch["image"][take, ..., 0], batch["masks"][take], masks, indices[take]))
-            num_kept += len(take)
-        done += int(valid.sum())
-        now = time.perf_counter()
-        if first_time is None:
-            first_time, first_done = now, done
-        if now - last_log > LOG_EVERY_S:
-            logging.info("eval %s: %d images, %.1f images/s", split, done, done / (now - start))
-            last_log = now
-    end = time.perf_counter()
-    steady = ""
-    if done > first_done:
-        steady = f", {(done - first_done) / max(end - first_time, 1e-9):.1f} after the first batch"
-    logging.info(
-        "eval %s: %d images x %d samples in %.1f s (%.1f images/s%s)",
-        split,
-        done,
-        num_samples,
-        end - start,
-        done / max(end - start, 1e-9),
-        steady,
-    )
+        _append(columns, {name: v[valid] for name, v in values.items()} | {"index": indices[valid]})
+        samples = SampleBatch(*(np.asarray(x)[valid] for x in samples))
+        for part in _host_metrics(batch, samples, oracle):
+            _append(columns, part.columns)
+            _append(bins, part.pixel_bins)
+        if sum(len(k[-1]) for k in kept) < NUM_EXAMPLES:
+            shown = (batch["image"][valid, ..., 0], batch["masks"][valid], samples.masks)
+            kept.append((*shown, indices[valid]))
+        throughput.update(int(valid.sum()))
+    throughput.finish()
     per_image = {name: np.concatenate(parts) for name, parts in columns.items()}
-    examples = reporting.Examples(*(np.concatenate(parts) for parts in zip(*kept, strict=True)))
-    return _Collected(per_image, examples)
+    pixel_bins = {
+        name: calibration.ReliabilityBins(*(np.concatenate(b) for b in zip(*parts, strict=True)))
+        for name, parts in bins.items()
+    }
+    shown = (np.concatenate(part)[:NUM_EXAMPLES] for part in zip(*kept, strict=True))
+    examples = reporting.Examples(*shown)
+    return _Collected(per_image, examples, reliability(per_image, pixel_bins))
 
 
 def evaluate_model(
@@ -288,10 +393,18 @@ def evaluate_model(
     model_name = config.model.variant if model_name is None else model_name
     model = model_from_config(config.model) if model is None else model
     collected = _collect(config, model, variables, split, num_samples, batch_size, key)
+    per_image, curves = collected.per_image, collected.reliability
     if workdir is None or jax.process_index() != 0:
-        return reporting.summarize(model_name, collected.per_image, num_samples=num_samples)
+        return reporting.summarize(
+            model_name, per_image, num_samples=num_samples, reliability=curves
+        )
     folder = reporting.write_evaluation(
-        workdir, model_name, collected.per_image, collected.examples, num_samples=num_samples
+        workdir,
+        model_name,
+        per_image,
+        collected.examples,
+        num_samples=num_samples,
+        reliability=curves,
     )
     logging.info("wrote the evaluation to %s", folder)
     return json.loads((Path(folder) / reporting.SUMMARY_FILE).read_text())

@@ -1,42 +1,47 @@
-"""Notebook helpers: data and sample grids, the GED break-up table, and the latent space.
+"""Drawing: data and sample grids, the latent space, the paper's Fig. 2-4, reliability diagrams.
 
-Used by ``experiments/notebooks/*.ipynb`` so that their cells hold no model logic. Figures are
-``matplotlib.figure.Figure`` objects (no global pyplot state); a notebook displays the value
-of a cell's last expression.
-
-Latent space: :func:`latent_distributions` gives the prior p(z|x) of each image and the
-posteriors q(z|x,y) of its annotations as :class:`LatentParts` (mixture weights, component
-means and covariances; a single Gaussian is a 1-component mixture). :func:`projection` maps
-z to 2-D (identity for a 2-D latent, else PCA of the component means) and
-:func:`plot_latent_space` draws 2σ ellipses per component, coloured by component, with their
-weights. :func:`decode_latents` turns any z into masks for one image, so grids
-(:func:`latent_grid`), interpolations (:func:`interpolate`) and per-component samples
-(:func:`component_samples`) are decoded the same way the sampler decodes.
+Every function returns a ``matplotlib.figure.Figure`` (no global pyplot state, any backend; a
+notebook displays a cell's last value, ``reporting.compare`` saves them) and takes plain
+arrays: the model runs in :mod:`probunet_jax.latent` and :mod:`probunet_jax.sampling`, the
+evaluation files are read by :mod:`probunet_jax.reporting`. Axis labels of metrics come from
+:mod:`probunet_jax.metric_labels`.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING
 
-import distrax
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.patches import Ellipse
 
-from probunet_jax import distributions, sampling
-from probunet_jax.model import ProbabilisticUNet
+from probunet_jax import metric_labels
 
-GED_TERMS = (
-    ("ged", "GED"),
-    ("sample_annotation_distance", "E[d(S, Y)]"),
-    ("sample_diversity", "E[d(S, S')]"),
-    ("annotation_diversity", "E[d(Y, Y')]"),
-)
+if TYPE_CHECKING:  # Types only: drawing imports neither the model nor jax.
+    from probunet_jax.calibration import ReliabilityCurve
+    from probunet_jax.latent import LatentGrid, LatentParts, Projection
+
+# Reliability diagrams by curve name (``summary.json``'s "reliability"): x, y labels and title.
+RELIABILITY_AXES = {
+    "truth_pixel": (
+        "predicted foreground probability",
+        "true foreground probability",
+        "Pixel reliability against the truth",
+    ),
+    "rater_pixel": (
+        "predicted foreground probability",
+        "fraction of raters marking the pixel",
+        "Pixel reliability against the raters",
+    ),
+    "presence": (
+        "samples marking the lesion",
+        "true probability a grader marks it",
+        "Lesion presence reliability (single-lesion images)",
+    ),
+}
 
 
 def _grey(ax, image: np.ndarray, title: str | None = None) -> None:
@@ -45,6 +50,9 @@ def _grey(ax, image: np.ndarray, title: str | None = None) -> None:
     ax.set_yticks([])
     if title:
         ax.set_title(title, fontsize=8)
+
+
+# --------------------------------------------------------------------------- grids
 
 
 def show_examples(images: np.ndarray, annotations: np.ndarray) -> Figure:
@@ -79,219 +87,6 @@ def show_samples(
     return fig
 
 
-def ged_breakup_table(summary: Mapping) -> pd.DataFrame:
-    """The GED and its terms (rows), model vs oracle (columns), from an evaluation summary.
-
-    ``summary['metrics'][column]['mean']`` as written by ``evaluation.evaluate_model``; the
-    oracle's columns (synthetic data) are ``oracle_<term>``; E[d(Y, Y')] is shared.
-    """
-    metrics = summary["metrics"]
-
-    def mean(column: str) -> float:
-        value = metrics.get(column)
-        return float("nan") if value is None or value.get("mean") is None else value["mean"]
-
-    rows = {}
-    for column, label in GED_TERMS:
-        oracle = column if column == "annotation_diversity" else f"oracle_{column}"
-        rows[label] = {"model": mean(column), "oracle": mean(oracle)}
-    return pd.DataFrame.from_dict(rows, orient="index")
-
-
-# --------------------------------------------------------------------------- latent space
-
-
-class LatentParts(NamedTuple):
-    """A batch of latent distributions as mixtures of Gaussians.
-
-    Attributes:
-      weights: `[B, N]` mixture weights (1 for a single Gaussian, N = 1).
-      means: `[B, N, d]` component means.
-      covariances: `[B, N, d, d]` component covariances.
-    """
-
-    weights: np.ndarray
-    means: np.ndarray
-    covariances: np.ndarray
-
-
-@functools.partial(jax.jit, static_argnames=("model",))
-def _prior_and_posteriors(model: ProbabilisticUNet, variables: dict, images, annotations):
-    def posterior(mask):
-        dist = model.apply(variables, images, mask, method=_posterior)
-        return _as_parts(dist)
-
-    prior = _as_parts(model.apply(variables, images, method=_prior))
-    posteriors = jax.vmap(posterior, in_axes=1, out_axes=1)(annotations)  # [B, A, ...]
-    return prior, posteriors
-
-
-def _prior(module: ProbabilisticUNet, images):
-    return module.prior(images, train=False)
-
-
-def _posterior(module: ProbabilisticUNet, images, mask):
-    return module.posterior(images, mask, train=False)
-
-
-def _as_parts(dist: distrax.Distribution) -> tuple[jax.Array, jax.Array, jax.Array]:
-    if distributions.is_mixture(dist):
-        components, weights = dist.components_distribution, dist.mixture_distribution.probs
-        return weights, components.mean(), components.covariance()
-    weights = jnp.ones((*dist.batch_shape, 1))
-    return weights, dist.mean()[:, None], dist.covariance()[:, None]
-
-
-def latent_distributions(
-    model: ProbabilisticUNet, variables: dict, images: jax.Array, annotations: jax.Array
-) -> tuple[LatentParts, LatentParts]:
-    """The prior of each image `[B, H, W, C]` and the posterior of each of its annotations
-    `[B, A, H, W]`: `LatentParts` with batch `[B]` and `[B, A]`."""
-    prior, posteriors = _prior_and_posteriors(
-        model, variables, jnp.asarray(images), jnp.asarray(annotations, jnp.int32)
-    )
-    to_numpy = lambda parts: LatentParts(*(np.asarray(x, np.float64) for x in parts))  # noqa: E731
-    return to_numpy(prior), to_numpy(posteriors)
-
-
-class Projection(NamedTuple):
-    """An affine map from z `[..., d]` to the plane: `(z - center) @ basis`.
-
-    Attributes:
-      center: `[d]`.
-      basis: `[d, 2]` orthonormal columns.
-    """
-
-    center: np.ndarray
-    basis: np.ndarray
-
-    def __call__(self, z: np.ndarray) -> np.ndarray:
-        return (np.asarray(z) - self.center) @ self.basis
-
-    def lift(self, xy: np.ndarray) -> np.ndarray:
-        """Points of the plane `[..., 2]` back to z `[..., d]`."""
-        return self.center + np.asarray(xy) @ self.basis.T
-
-
-def projection(points: np.ndarray) -> Projection:
-    """Identity for 2-D z; else PCA onto the top 2 principal axes of ``points`` `[M, d]`."""
-    points = np.asarray(points, np.float64).reshape(-1, np.shape(points)[-1])
-    d = points.shape[-1]
-    if d < 2:
-        raise ValueError(f"Need a latent dimension >= 2 to plot a plane, got {d}.")
-    if d == 2:
-        return Projection(np.zeros(2), np.eye(2))
-    center = points.mean(axis=0)
-    _, _, vt = np.linalg.svd(points - center, full_matrices=False)
-    basis = vt[:2].T
-    if basis.shape[1] < 2:  # A single point: any two axes.
-        basis = np.eye(d)[:, :2]
-    return Projection(center, basis)
-
-
-def _ellipse(ax, mean: np.ndarray, cov: np.ndarray, color, alpha: float = 0.0, **kwargs) -> None:
-    """The 2σ ellipse of a 2-D Gaussian `cov` `[2, 2]` at `mean` `[2]`: outline, and a fill of
-    opacity ``alpha`` if > 0."""
-    values, vectors = np.linalg.eigh(cov)
-    width, height = 2 * 2 * np.sqrt(np.maximum(values[::-1], 1e-12))
-    angle = np.degrees(np.arctan2(vectors[1, -1], vectors[0, -1]))
-    if alpha > 0:
-        ax.add_patch(Ellipse(mean, width, height, angle=angle, facecolor=color, alpha=alpha))
-    ax.add_patch(Ellipse(mean, width, height, angle=angle, fill=False, edgecolor=color, **kwargs))
-
-
-def plot_latent_space(
-    prior: LatentParts,
-    posteriors: LatentParts,
-    proj: Projection,
-    *,
-    image_index: int = 0,
-    ax=None,
-) -> Figure | None:
-    """Prior components of one image (filled 2σ ellipses, colour = component, opacity and
-    label = weight) and the posterior of each of its annotations (dashed, black)."""
-    fig = None
-    if ax is None:
-        fig = Figure(figsize=(4.5, 4.5), layout="constrained")
-        ax = fig.subplots()
-    basis = proj.basis
-    weights, means, covs = (x[image_index] for x in prior)
-    colors = [f"C{k % 10}" for k in range(len(weights))]
-    for k in np.argsort(-weights):
-        mean2, cov2 = proj(means[k]), basis.T @ covs[k] @ basis
-        _ellipse(ax, mean2, cov2, colors[k], alpha=0.15 + 0.6 * weights[k])
-        ax.plot(*mean2, "o", color=colors[k], label=f"prior {k}: w={weights[k]:.2f}")
-    post_w, post_m, post_c = (x[image_index] for x in posteriors)  # [A, N, ...]
-    for a in range(post_m.shape[0]):
-        for k in range(post_m.shape[1]):
-            if post_w[a, k] < 0.05:
-                continue
-            mean2 = proj(post_m[a, k])
-            _ellipse(ax, mean2, basis.T @ post_c[a, k] @ basis, "k", linestyle="--")
-            ax.plot(*mean2, "x", color="k")
-            ax.annotate(f"y{a + 1}", mean2, fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.autoscale_view()
-    ax.set_aspect("equal", adjustable="datalim")
-    axis = "z" if proj.basis.shape[0] == 2 else "PC"
-    ax.set_xlabel(f"{axis}1")
-    ax.set_ylabel(f"{axis}2")
-    ax.legend(fontsize=6, loc="best")
-    ax.set_title(f"image {image_index}: prior (filled) and posteriors (dashed)", fontsize=8)
-    return fig
-
-
-@functools.partial(jax.jit, static_argnames=("model",))
-def _decode(model: ProbabilisticUNet, variables: dict, image: jax.Array, z: jax.Array):
-    features = model.apply(variables, image[None], method=_features)  # [1, H, W, F]
-    features = jnp.broadcast_to(features, (z.shape[0], *features.shape[1:]))
-    logits = model.apply(variables, features, z, method=ProbabilisticUNet.decode)
-    return sampling.logits_to_masks(logits)
-
-
-def _features(module: ProbabilisticUNet, images):
-    return module.features(images, train=False)
-
-
-def decode_latents(
-    model: ProbabilisticUNet, variables: dict, image: jax.Array, z: np.ndarray
-) -> np.ndarray:
-    """Masks `[..., H, W]` uint8 of one image `[H, W, C]` for each z `[..., d]`."""
-    z = np.asarray(z, np.float32)
-    flat = z.reshape(-1, z.shape[-1])
-    masks = _decode(model, variables, jnp.asarray(image), jnp.asarray(flat))
-    return np.asarray(masks).reshape(*z.shape[:-1], *masks.shape[1:])
-
-
-def latent_grid(proj: Projection, extent: float | Sequence[float], num: int = 5) -> np.ndarray:
-    """z `[num, num, d]` on a regular grid of the projection plane, ``extent`` around its centre
-    (a half-width, or (x_min, x_max, y_min, y_max)); row 0 is the top (largest y)."""
-    if np.ndim(extent) == 0:
-        extent = (-extent, extent, -extent, extent)
-    x_min, x_max, y_min, y_max = (float(e) for e in extent)
-    xs, ys = np.linspace(x_min, x_max, num), np.linspace(y_max, y_min, num)
-    xy = np.stack(np.meshgrid(xs, ys), axis=-1)  # [num, num, 2]
-    return proj.lift(xy)
-
-
-def show_decoded_grid(masks: np.ndarray, extent: Sequence[float]) -> Figure:
-    """Masks `[R, C, H, W]` decoded on a :func:`latent_grid` over ``extent``, axes labelled."""
-    fig = show_mask_grid(masks, title="decoded grid over the projection plane")
-    rows, cols = np.shape(masks)[:2]
-    axes = fig.axes
-    xs, ys = np.linspace(extent[0], extent[1], cols), np.linspace(extent[3], extent[2], rows)
-    for c in range(cols):
-        axes[(rows - 1) * cols + c].set_xlabel(f"{xs[c]:.1f}", fontsize=7)
-    for r in range(rows):
-        axes[r * cols].set_ylabel(f"{ys[r]:.1f}", fontsize=7)
-    return fig
-
-
-def interpolate(z0: np.ndarray, z1: np.ndarray, num: int = 8) -> np.ndarray:
-    """z `[num, d]` on the segment from ``z0`` to ``z1`` `[d]`."""
-    t = np.linspace(0.0, 1.0, num)[:, None]
-    return (1 - t) * np.asarray(z0) + t * np.asarray(z1)
-
-
 def show_mask_grid(
     masks: np.ndarray, title: str = "", labels: Sequence[str] | None = None
 ) -> Figure:
@@ -312,39 +107,168 @@ def show_mask_grid(
     return fig
 
 
-def component_samples(
-    model: ProbabilisticUNet,
-    variables: dict,
-    image: jax.Array,
-    key: jax.Array,
-    num_samples: int = 8,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Samples of each prior component of one image: masks `[N, S, H, W]`, weights `[N]`.
-
-    For a single Gaussian prior, N = 1 (its plain samples).
-    """
-    prior = model.apply(variables, jnp.asarray(image)[None], method=_prior)
-    if distributions.is_mixture(prior):
-        components = prior.components_distribution  # batch [1, N]
-        weights = np.asarray(prior.mixture_distribution.probs[0])
-    else:
-        components, weights = prior, np.ones(1)
-    z = components.sample(seed=key, sample_shape=num_samples)  # [S, 1, N, d] or [S, 1, d]
-    z = np.asarray(z).reshape(num_samples, len(weights), -1)
-    return decode_latents(model, variables, image, np.swapaxes(z, 0, 1)), weights
-
-
-def representative(parts: LatentParts) -> np.ndarray:
-    """The mean of the most probable component, `[..., d]` (as `sampling.latent_mean`)."""
-    best = np.argmax(parts.weights, axis=-1)[..., None, None]
-    return np.take_along_axis(parts.means, best, axis=-2)[..., 0, :]
+def sample_grid(
+    image: np.ndarray, annotations: np.ndarray, samples: Mapping[str, np.ndarray], title: str
+) -> Figure:
+    """Fig. 4 for one image `[H, W]`: it and its annotations `[A, H, W]` in row 0, below a row
+    of samples `[S, H, W]` per model (``samples``: model name -> samples)."""
+    columns = max(1 + len(annotations), *(len(s) for s in samples.values()))
+    rows = 1 + len(samples)
+    fig = Figure(figsize=(0.9 * columns, 0.95 * rows), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    _grey(axes[0, 0], image, title)
+    for j, mask in enumerate(annotations, start=1):
+        _grey(axes[0, j], mask, f"label {j}")
+    for i, (model, masks) in enumerate(samples.items(), start=1):
+        for j, mask in enumerate(masks):
+            _grey(axes[i, j], mask)
+            axes[i, j].set_axis_on()
+        axes[i, 0].set_ylabel(model, fontsize=7)
+    return fig
 
 
-def latent_extent(
-    parts: Sequence[LatentParts], proj: Projection, image_index: int = 0, margin: float = 1.0
-) -> tuple[float, float, float, float]:
-    """(x_min, x_max, y_min, y_max) of the projected component means of one image, widened by
-    ``margin`` (in latent units) on each side: a window for :func:`latent_grid`."""
-    points = np.concatenate([proj(p.means[image_index]).reshape(-1, 2) for p in parts])
-    low, high = points.min(axis=0) - margin, points.max(axis=0) + margin
-    return float(low[0]), float(high[0]), float(low[1]), float(high[1])
+# --------------------------------------------------------------------------- latent space
+
+
+def _ellipse(ax, mean: np.ndarray, cov: np.ndarray, color, alpha: float = 0.0, **kwargs) -> None:
+    """The 2σ ellipse of a 2-D Gaussian `cov` `[2, 2]` at `mean` `[2]`: outline, and a fill of
+    opacity ``alpha`` if > 0."""
+    values, vectors = np.linalg.eigh(cov)
+    width, height = 2 * 2 * np.sqrt(np.maximum(values[::-1], 1e-12))
+    angle = np.degrees(np.arctan2(vectors[1, -1], vectors[0, -1]))
+    if alpha > 0:
+        ax.add_patch(Ellipse(mean, width, height, angle=angle, facecolor=color, alpha=alpha))
+    ax.add_patch(Ellipse(mean, width, height, angle=angle, fill=False, edgecolor=color, **kwargs))
+
+
+def _draw_posteriors(ax, posteriors: LatentParts, proj: Projection, image_index: int) -> None:
+    """Dashed 2σ ellipses of the posterior components (weight >= 0.05) of each annotation."""
+    weights, means, covs = (x[image_index] for x in posteriors[:3])  # [A, N, ...]
+    for a in range(means.shape[0]):
+        for k in range(means.shape[1]):
+            if weights[a, k] < 0.05:
+                continue
+            mean2 = proj(means[a, k])
+            _ellipse(ax, mean2, proj.basis.T @ covs[a, k] @ proj.basis, "k", linestyle="--")
+            ax.plot(*mean2, "x", color="k")
+            ax.annotate(f"y{a + 1}", mean2, fontsize=7, xytext=(3, 3), textcoords="offset points")
+
+
+def plot_latent_space(
+    prior: LatentParts,
+    posteriors: LatentParts,
+    proj: Projection,
+    *,
+    image_index: int = 0,
+    ax=None,
+) -> Figure | None:
+    """Prior components of one image (filled 2σ ellipses, colour = component, opacity and
+    label = weight) and the posterior of each of its annotations (dashed, black); a new
+    Figure, or None when drawn into ``ax``."""
+    fig = None
+    if ax is None:
+        fig = Figure(figsize=(4.5, 4.5), layout="constrained")
+        ax = fig.subplots()
+    weights, means, covs = (x[image_index] for x in prior[:3])
+    for k in np.argsort(-weights):
+        mean2, cov2 = proj(means[k]), proj.basis.T @ covs[k] @ proj.basis
+        _ellipse(ax, mean2, cov2, f"C{k % 10}", alpha=0.15 + 0.6 * weights[k])
+        ax.plot(*mean2, "o", color=f"C{k % 10}", label=f"prior {k}: w={weights[k]:.2f}")
+    _draw_posteriors(ax, posteriors, proj, image_index)
+    ax.autoscale_view()
+    ax.set_aspect("equal", adjustable="datalim")
+    axis = "z" if proj.basis.shape[0] == 2 else "PC"
+    ax.set(xlabel=f"{axis}1", ylabel=f"{axis}2")
+    ax.legend(fontsize=6, loc="best")
+    ax.set_title(f"image {image_index}: prior (filled) and posteriors (dashed)", fontsize=8)
+    return fig
+
+
+def show_decoded_grid(masks: np.ndarray, grid: LatentGrid) -> Figure:
+    """Masks `[R, C, H, W]` decoded on ``grid.z`` (``latent.latent_grid``), axes labelled with
+    the grid's plane coordinates."""
+    rows, cols = np.shape(masks)[:2]
+    if (rows, cols) != (len(grid.y), len(grid.x)):
+        raise ValueError(
+            f"masks {np.shape(masks)} do not fit a grid of {len(grid.y)} x {len(grid.x)}"
+        )
+    fig = show_mask_grid(masks, title="decoded grid over the projection plane")
+    for c, x in enumerate(grid.x):
+        fig.axes[(rows - 1) * cols + c].set_xlabel(f"{x:.1f}", fontsize=7)
+    for r, y in enumerate(grid.y):
+        fig.axes[r * cols].set_ylabel(f"{y:.1f}", fontsize=7)
+    return fig
+
+
+# --------------------------------------------------------------------------- model comparison
+
+
+def ged_letter_values(values: Mapping[str, np.ndarray]) -> Figure:
+    """Fig. 2: letter-value (boxen) plot of the per-image GED `[N]` of each model."""
+    long = pd.concat(
+        [pd.DataFrame({"model": name, "ged": np.asarray(v)}) for name, v in values.items()],
+        ignore_index=True,
+    )
+    fig = Figure(figsize=(1.6 * len(values) + 2, 4), layout="constrained")
+    ax = fig.subplots()
+    sns.boxenplot(data=long, x="model", y="ged", hue="model", ax=ax)
+    ax.set(xlabel="", ylabel=f"{metric_labels.label('ged')} (per image)")
+    ax.set_title("Generalized energy distance")
+    return fig
+
+
+def ged_breakup(per_image: Mapping[str, pd.DataFrame]) -> Figure:
+    """Fig. 3: mean E[d(S,Y)] and E[d(S,S')] per model (± s.e.m.) against E[d(Y,Y')] (left),
+    the mean GED per model with the oracle's as a reference line if ``oracle_ged`` is a
+    column (right). ``per_image``: model name -> its per-image table."""
+    terms = ("sample_annotation_distance", "sample_diversity")
+    frames = list(per_image.values())
+    x = np.arange(len(frames))
+    width = 0.8 / len(terms)
+    fig = Figure(figsize=(2.2 * len(frames) + 4, 4), layout="constrained")
+    left, right = fig.subplots(1, 2, width_ratios=(3, 2))
+    for i, column in enumerate(terms):
+        means = [f[column].mean() for f in frames]
+        sems = [f[column].sem(ddof=0) for f in frames]
+        bars = x + (i - 0.5) * width
+        left.bar(bars, means, width, yerr=sems, capsize=3, label=metric_labels.label(column))
+    annotators = frames[0]["annotation_diversity"].mean()
+    reference = f"{metric_labels.label('annotation_diversity')} (annotators)"
+    left.axhline(annotators, color="k", linestyle="--", label=reference)
+    left.set(xticks=x, xticklabels=list(per_image), ylabel="mean distance (1 - IoU)")
+    left.set_title("GED break-up")
+    left.legend(fontsize="small")
+    right.bar(x, [f["ged"].mean() for f in frames], color="tab:gray")
+    if "oracle_ged" in frames[0]:
+        oracle = frames[0]["oracle_ged"].mean()
+        right.axhline(
+            oracle, color="tab:red", linestyle=":", label=metric_labels.label("oracle_ged")
+        )
+        right.legend(fontsize="small")
+    right.set(xticks=x, xticklabels=list(per_image), ylabel=f"mean {metric_labels.label('ged')}")
+    right.set_title("GED")
+    return fig
+
+
+def reliability_diagram(curves: Mapping[str, ReliabilityCurve], kind: str) -> Figure:
+    """Reliability diagram of one curve per model (legend with its ECE) above the share of
+    pixels (or images) per bin on a log scale; ``kind`` one of ``RELIABILITY_AXES``."""
+    if kind not in RELIABILITY_AXES:
+        raise ValueError(f"unknown reliability kind {kind!r}; known: {sorted(RELIABILITY_AXES)}")
+    xlabel, ylabel, title = RELIABILITY_AXES[kind]
+    fig = Figure(figsize=(4.5, 5.5), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    top.plot([0, 1], [0, 1], color="k", linestyle="--", linewidth=1, label="perfect")
+    for name, curve in curves.items():
+        shown = curve.count > 0
+        label = f"{name} (ECE {curve.ece:.3g})"
+        top.plot(curve.predicted[shown], curve.observed[shown], marker="o", ms=3, label=label)
+        edges = np.linspace(0, 1, len(curve.count) + 1)
+        share = curve.count / max(curve.count.sum(), 1)
+        bottom.stairs(np.where(shown, share, np.nan), edges, label=name)
+    top.set(xlim=(0, 1), ylim=(0, 1), ylabel=ylabel, title=title, aspect="equal")
+    top.legend(fontsize="small")
+    bottom.set(xlabel=xlabel, ylabel="share", yscale="log")
+    return fig

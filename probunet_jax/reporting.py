@@ -1,36 +1,45 @@
-"""Evaluation files and the model comparison of the paper (Table 1, Wilcoxon tests, Fig. 2-4).
+"""Evaluation files, their summaries and the model comparison (Table 1, Wilcoxon tests, figures).
 
 Format of ``<workdir>/eval/`` (this module owns it; write it with :func:`write_evaluation`):
 
 * ``per_image.csv``: one row per test image, columns ``index`` (int, the test-set index)
-  followed by the metric columns :data:`METRICS` (float) and any extras such as
-  ``oracle_ged`` on synthetic data.
+  followed by the metric columns :data:`METRICS` (float) and any extras: the calibration and
+  CI-score columns of ``calibration.calibration_metrics``, on synthetic data the truth columns
+  of ``truth.truth_metrics`` (with ``scenario``) and the oracle's ``oracle_*`` columns.
 * ``samples.npz``: ``images`` [K,H,W] float32, ``annotations`` [K,A,H,W] uint8, ``samples``
   [K,S,H,W] uint8, ``indices`` [K] int64 for a few test images (same indices for all models).
 * ``summary.json``: ``{"model": str, "num_samples": int, "num_images": int, "metrics":
-  {column: {"mean", "std", "median", "count"}}}`` over ``per_image.csv`` (NaN-aware; std with
-  ddof=0; ``count`` is the number of finite values; null when there are none). Written last,
+  {column: {"mean", "std", "median", "count"}}, "by_scenario": {scenario: {"num_images",
+  "metrics": {column: stats}}}, "reliability": {curve: {"predicted", "observed", "count",
+  "ece"}}}``. Stats are over ``per_image.csv`` (NaN-aware; std with ddof=0; ``count`` is the
+  number of finite values; null when there are none). ``by_scenario`` (synthetic data: empty,
+  single, pair) holds :data:`SCENARIO_COLUMNS`, ``{}`` elsewhere. ``reliability`` holds the
+  reliability curves the evaluation gives (``calibration.ReliabilityCurve`` as lists of
+  :data:`calibration.NUM_BINS` bins, NaN as null): ``rater_pixel``, and on synthetic data
+  ``truth_pixel``, ``presence``, ``oracle_truth_pixel``, ``oracle_presence``. Written last,
   so its presence marks a complete evaluation.
 
-Every file is written to a temporary file in the same folder and renamed into place.
+Every file is written with :func:`probunet_jax.files.write_atomic`. Metric labels and the
+direction of the Wilcoxon tests come from :mod:`probunet_jax.metric_labels`.
 """
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import os
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from matplotlib.figure import Figure
 from scipy import stats
+
+from probunet_jax import files, metric_labels, plots, truth
+from probunet_jax.calibration import ReliabilityCurve
+from probunet_jax.metric_labels import ORACLE_PREFIX
 
 EVAL_DIR = "eval"
 PER_IMAGE_FILE = "per_image.csv"
@@ -46,6 +55,28 @@ METRICS = (
     "dice",
 )
 ORACLE_GED = "oracle_ged"
+SCENARIO_COLUMNS = (
+    "ged",
+    "sample_annotation_distance",
+    "sample_diversity",
+    "annotation_diversity",
+    ORACLE_GED,
+    "mode_tvd",
+)
+# The truth-metrics table of the comparison (means, ``presence_ece`` from the presence curve).
+TRUTH_COLUMNS = (
+    "truth_ece",
+    "truth_brier",
+    "mode_tvd",
+    "presence_ece",
+    "rater_ece",
+    "rater_brier",
+    "ci_score",
+    "combined_sensitivity",
+    "max_dice",
+    "diversity_agreement",
+)
+DPI = 110
 
 
 class Examples(NamedTuple):
@@ -64,6 +95,7 @@ class Evaluation(NamedTuple):
     num_samples: int
     per_image: pd.DataFrame  # indexed and sorted by test-set ``index``
     examples: Examples
+    summary: dict  # the content of summary.json
 
 
 class Comparison(NamedTuple):
@@ -71,22 +103,11 @@ class Comparison(NamedTuple):
 
     ged_table: pd.DataFrame
     wilcoxon_table: pd.DataFrame | None  # None for a single model
+    truth_table: pd.DataFrame | None  # None when no evaluation has those columns
     files: list[Path]
 
 
-# --------------------------------------------------------------------------- writing
-
-
-def _write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Calls ``write`` on a temp file next to ``path``, then renames it to ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+# --------------------------------------------------------------------------- summaries
 
 
 def _per_image_frame(per_image: Mapping[str, np.ndarray]) -> pd.DataFrame:
@@ -132,16 +153,59 @@ def _stat_summary(values: np.ndarray) -> dict[str, float | int | None]:
     }
 
 
+def _by_scenario(frame: pd.DataFrame) -> dict[str, dict]:
+    """Stats of SCENARIO_COLUMNS per scenario of a per-image table ({} without ``scenario``)."""
+    if "scenario" not in frame:
+        return {}
+    names = ["scenario", *(c for c in SCENARIO_COLUMNS if c in frame)]
+    groups = truth.split_by_scenario({c: frame[c].to_numpy() for c in names})
+    return {
+        scenario: {
+            "num_images": len(rows["scenario"]),
+            "metrics": {c: _stat_summary(rows[c]) for c in names[1:]},
+        }
+        for scenario, rows in groups.items()
+    }
+
+
+def _null_nan(values: np.ndarray) -> list[float | None]:
+    return [float(v) if np.isfinite(v) else None for v in np.asarray(values, np.float64)]
+
+
+def _curve_json(curve: ReliabilityCurve) -> dict[str, object]:
+    """A reliability curve as JSON (lists; NaN as null)."""
+    predicted, observed, count, ece = (_null_nan(np.ravel(v)) for v in curve)
+    return {"predicted": predicted, "observed": observed, "count": count, "ece": ece[0]}
+
+
+def reliability_curves(summary: Mapping) -> dict[str, ReliabilityCurve]:
+    """The reliability curves of a summary (null as NaN); {} for a summary without them."""
+    nan = lambda values: np.array(values, np.float64)  # noqa: E731 (None -> nan)
+    return {
+        name: ReliabilityCurve(
+            nan(c["predicted"]), nan(c["observed"]), nan(c["count"]), float(nan(c["ece"]))
+        )
+        for name, c in summary.get("reliability", {}).items()
+    }
+
+
 def summarize(
-    model: str, per_image: Mapping[str, np.ndarray], *, num_samples: int
+    model: str,
+    per_image: Mapping[str, np.ndarray],
+    *,
+    num_samples: int,
+    reliability: Mapping[str, ReliabilityCurve] | None = None,
 ) -> dict[str, object]:
-    """The content of ``summary.json``: mean ± std, median and count of every column."""
+    """The content of ``summary.json`` (module docstring) from the per-image columns `[N]` and
+    the reliability curves by name."""
     frame = _per_image_frame(per_image)
     return {
         "model": model,
         "num_samples": int(num_samples),
         "num_images": len(frame),
         "metrics": {name: _stat_summary(frame[name].to_numpy()) for name in frame.columns},
+        "by_scenario": _by_scenario(frame),
+        "reliability": {name: _curve_json(c) for name, c in (reliability or {}).items()},
     }
 
 
@@ -152,27 +216,27 @@ def write_evaluation(
     examples: Examples,
     *,
     num_samples: int,
+    reliability: Mapping[str, ReliabilityCurve] | None = None,
 ) -> Path:
     """Writes ``per_image.csv``, ``samples.npz`` and ``summary.json`` into ``workdir/eval``.
 
     ``per_image`` maps column names to [N] arrays: ``index`` and every name in METRICS
     (e.g. from :func:`probunet_jax.metrics.evaluate_images`), optional extras such as
-    ``oracle_ged``. Returns the eval folder.
+    ``oracle_ged``; ``reliability`` the curves of the summary. Returns the eval folder.
     """
     frame = _per_image_frame(per_image)
     _check_examples(examples)
+    summary = summarize(model, per_image, num_samples=num_samples, reliability=reliability)
     out = Path(workdir) / EVAL_DIR
-    out.mkdir(parents=True, exist_ok=True)
     arrays = {
         "images": np.asarray(examples.images, np.float32),
         "annotations": np.asarray(examples.annotations, np.uint8),
         "samples": np.asarray(examples.samples, np.uint8),
         "indices": np.asarray(examples.indices, np.int64),
     }
-    _write_atomic(out / SAMPLES_FILE, lambda f: np.savez_compressed(f, **arrays))
-    _write_atomic(out / PER_IMAGE_FILE, lambda f: f.write(frame.to_csv().encode()))
-    summary = summarize(model, per_image, num_samples=num_samples)
-    _write_atomic(out / SUMMARY_FILE, lambda f: f.write(json.dumps(summary, indent=2).encode()))
+    files.write_atomic(out / SAMPLES_FILE, lambda f: np.savez_compressed(f, **arrays))
+    files.write_atomic(out / PER_IMAGE_FILE, frame.to_csv())
+    files.write_json(out / SUMMARY_FILE, summary, allow_nan=False)
     return out
 
 
@@ -182,8 +246,8 @@ def write_evaluation(
 def load_evaluation(workdir: str | os.PathLike) -> Evaluation:
     """Reads ``workdir/eval``; FileNotFoundError naming the missing files."""
     folder = Path(workdir) / EVAL_DIR
-    files = (SUMMARY_FILE, PER_IMAGE_FILE, SAMPLES_FILE)
-    missing = [f for f in files if not (folder / f).is_file()]
+    names = (SUMMARY_FILE, PER_IMAGE_FILE, SAMPLES_FILE)
+    missing = [f for f in names if not (folder / f).is_file()]
     if missing:
         raise FileNotFoundError(
             f"{folder} has no complete evaluation (missing {', '.join(missing)}); "
@@ -193,7 +257,7 @@ def load_evaluation(workdir: str | os.PathLike) -> Evaluation:
     per_image = pd.read_csv(folder / PER_IMAGE_FILE, index_col="index").sort_index()
     with np.load(folder / SAMPLES_FILE) as npz:
         examples = Examples(*(npz[name] for name in Examples._fields))
-    return Evaluation(summary["model"], int(summary["num_samples"]), per_image, examples)
+    return Evaluation(summary["model"], int(summary["num_samples"]), per_image, examples, summary)
 
 
 def check_same_images(evaluations: Sequence[Evaluation]) -> None:
@@ -240,54 +304,119 @@ def ged_table(evaluations: Sequence[Evaluation], metric: str = "ged") -> pd.Data
     return pd.DataFrame(rows)
 
 
+def _wilcoxon_row(a: Evaluation, b: Evaluation, metric: str, sign: float, alpha: float) -> dict:
+    """One pair of :func:`wilcoxon_table`; ``sign`` 1 if lower is better, -1 if higher is."""
+    x, y = a.per_image[metric].to_numpy(), b.per_image[metric].to_numpy()
+    both = np.isfinite(x) & np.isfinite(y)
+    if not both.any():
+        raise ValueError(f"no image has a finite {metric!r} for both {a.model!r} and {b.model!r}")
+    x, y = x[both], y[both]
+    diff = x - y
+    if np.all(diff == 0):
+        statistic, p_value = 0.0, 1.0
+    else:
+        result = stats.wilcoxon(x, y)
+        statistic, p_value = float(result.statistic), float(result.pvalue)
+    median = float(np.median(diff))
+    better = a.model if sign * median < 0 else b.model if sign * median > 0 else "tie"
+    return {
+        "model_a": a.model,
+        "model_b": b.model,
+        "num_images": len(diff),
+        "statistic": statistic,
+        "p_value": p_value,
+        "significant": p_value < alpha,
+        "median_difference": median,
+        "better": better,
+    }
+
+
 def wilcoxon_table(
     evaluations: Sequence[Evaluation], metric: str = "ged", alpha: float = 0.05
 ) -> pd.DataFrame:
     """Two-sided Wilcoxon signed-rank test for every model pair, images paired by ``index``.
 
-    ``median_difference`` is the median of ``a - b``; as lower is better (GED), ``better``
-    is ``a`` when it is negative, ``b`` when positive and ``"tie"`` at zero. ``significant``
-    is ``p_value < alpha``. All-zero differences give statistic 0 and p-value 1.
+    Images where a model's value is NaN are left out (``num_images`` counts the others).
+    ``median_difference`` is the median of ``a - b``. ``better`` follows the metric's
+    direction (``metric_labels.lower_is_better``): where lower is better (GED) it is ``a``
+    when the median is negative and ``b`` when positive, where higher is better (CI score)
+    the reverse; ``"tie"`` at zero. ``significant`` is ``p_value < alpha``. All-zero
+    differences give statistic 0 and p-value 1.
     """
+    lower = metric_labels.lower_is_better(metric)
+    if lower is None:
+        raise ValueError(f"{metric!r} has no better direction: the Wilcoxon table needs one")
     if len(evaluations) < 2:
         raise ValueError(
             f"the Wilcoxon test needs at least 2 models, got {[e.model for e in evaluations]}"
         )
+    lacking = [e.model for e in evaluations if metric not in e.per_image]
+    if lacking:
+        raise ValueError(f"models {lacking} have no per-image column {metric!r}")
     check_same_images(evaluations)
-    rows = []
-    for a, b in itertools.combinations(evaluations, 2):
-        x, y = a.per_image[metric].to_numpy(), b.per_image[metric].to_numpy()
-        diff = x - y
-        if np.all(diff == 0):
-            statistic, p_value = 0.0, 1.0
+    sign = 1.0 if lower else -1.0
+    pairs = itertools.combinations(evaluations, 2)
+    return pd.DataFrame([_wilcoxon_row(a, b, metric, sign, alpha) for a, b in pairs])
+
+
+def _mean(summary: Mapping, column: str) -> float:
+    """``summary['metrics'][column]['mean']``, NaN when absent or null."""
+    value = summary["metrics"].get(column)
+    return np.nan if value is None or value["mean"] is None else value["mean"]
+
+
+def ged_breakup_table(summary: Mapping) -> pd.DataFrame:
+    """The GED and its terms (rows, labelled), model vs oracle (columns), from a summary.
+
+    The oracle's columns (synthetic data) are ``oracle_<term>``; E[d(Y, Y')] is shared.
+    """
+    rows = {}
+    for column in SCENARIO_COLUMNS[:4]:
+        oracle = column if column == "annotation_diversity" else ORACLE_PREFIX + column
+        rows[metric_labels.label(column)] = {
+            "model": _mean(summary, column),
+            "oracle": _mean(summary, oracle),
+        }
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def _truth_row(name: str, summary: Mapping, prefix: str = "") -> dict[str, object]:
+    """A row of :func:`truth_table` from a summary: the model's (``prefix=''``) or the
+    oracle's (``prefix='oracle_'``) columns."""
+    curves = summary.get("reliability", {})
+    row: dict[str, object] = {"model": name}
+    for column in TRUTH_COLUMNS:
+        if column == "presence_ece":
+            presence = curves.get(prefix + "presence", {"ece": None})["ece"]
+            row[column] = np.nan if presence is None else presence
         else:
-            result = stats.wilcoxon(x, y)
-            statistic, p_value = float(result.statistic), float(result.pvalue)
-        median = float(np.median(diff))
-        better = a.model if median < 0 else b.model if median > 0 else "tie"
-        rows.append(
-            {
-                "model_a": a.model,
-                "model_b": b.model,
-                "num_images": len(diff),
-                "statistic": statistic,
-                "p_value": p_value,
-                "significant": p_value < alpha,
-                "median_difference": median,
-                "better": better,
-            }
-        )
-    return pd.DataFrame(rows)
+            row[column] = _mean(summary, prefix + column)
+    for scenario, group in summary.get("by_scenario", {}).items():
+        row[f"ged_{scenario}"] = _mean(group, prefix + "ged")
+    return row
+
+
+def truth_table(evaluations: Sequence[Evaluation]) -> pd.DataFrame | None:
+    """The truth metrics per model (means of TRUTH_COLUMNS, the presence curve's ECE, the GED
+    per scenario ``ged_<scenario>``), and an ``oracle`` reference row from the first model's
+    ``oracle_*`` columns where present. Columns without any value are dropped; None if none
+    is left."""
+    rows = [_truth_row(e.model, e.summary) for e in evaluations]
+    first = evaluations[0].summary
+    if ORACLE_GED in first["metrics"]:
+        rows.append(_truth_row("oracle", first, ORACLE_PREFIX))
+    table = pd.DataFrame(rows).dropna(axis=1, how="all")
+    return None if table.shape[1] == 1 else table
 
 
 def _cell(value: object) -> str:
     if isinstance(value, float | np.floating):
-        return f"{value:.4g}"
+        return f"{value:.4g}" if np.isfinite(value) else "n/a"
     return str(value)
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    """GitHub-style Markdown of a DataFrame (floats with 4 significant digits)."""
+    """GitHub-style Markdown of a DataFrame (floats with 4 significant digits, NaN as n/a)."""
     header = "| " + " | ".join(map(str, table.columns)) + " |"
     rule = "|" + "|".join("---" for _ in table.columns) + "|"
     rows = ["| " + " | ".join(_cell(v) for v in row) + " |" for row in table.itertuples(False)]
@@ -303,78 +432,50 @@ def ged_markdown(table: pd.DataFrame) -> str:
     return to_markdown(shown)
 
 
-# --------------------------------------------------------------------------- figures
+def _column_label(column: str) -> str:
+    """Display label of a table column: metrics, ``ged_<scenario>``, others as they are."""
+    if column.startswith("ged_") and column[4:] in truth.SCENARIOS:
+        return f"{metric_labels.label('ged')} ({column[4:]})"
+    return metric_labels.label(column) if metric_labels.known(column) else column
 
 
-def _long_frame(evaluations: Sequence[Evaluation], metric: str) -> pd.DataFrame:
-    return pd.concat(
-        [pd.DataFrame({"model": e.model, metric: e.per_image[metric]}) for e in evaluations],
-        ignore_index=True,
-    )
+def labelled_markdown(table: pd.DataFrame) -> str:
+    """Markdown of a table whose columns are metric names, headed by their labels."""
+    return to_markdown(table.rename(columns=_column_label))
 
 
-def plot_ged_letter_values(evaluations: Sequence[Evaluation], path: Path) -> Path:
-    """Fig. 2: letter-value (boxen) plot of the per-image GED of each model."""
-    fig = Figure(figsize=(1.6 * len(evaluations) + 2, 4), layout="constrained")
-    ax = fig.subplots()
-    sns.boxenplot(data=_long_frame(evaluations, "ged"), x="model", y="ged", hue="model", ax=ax)
-    ax.set(xlabel="", ylabel="GED (per image)", title="Generalized energy distance")
-    fig.savefig(path, dpi=120)
-    return path
+def _number(value: float | None) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.4f}"
 
 
-def plot_ged_breakup(evaluations: Sequence[Evaluation], path: Path) -> Path:
-    """Fig. 3: mean E[d(S,Y)] and E[d(S,S')] per model (± s.e.m.) against E[d(Y,Y')].
-
-    The right panel shows the mean GED per model with the oracle's GED as reference line when
-    ``oracle_ged`` is in the per-image table.
-    """
-    terms = {"sample_annotation_distance": "E[d(S,Y)]", "sample_diversity": "E[d(S,S')]"}
-    names = [e.model for e in evaluations]
-    x = np.arange(len(evaluations))
-    width = 0.8 / len(terms)
-    fig = Figure(figsize=(2.2 * len(evaluations) + 4, 4), layout="constrained")
-    left, right = fig.subplots(1, 2, width_ratios=(3, 2))
-    for i, (column, label) in enumerate(terms.items()):
-        means = [e.per_image[column].mean() for e in evaluations]
-        sems = [e.per_image[column].sem(ddof=0) for e in evaluations]
-        left.bar(x + (i - 0.5) * width, means, width, yerr=sems, capsize=3, label=label)
-    annotator = evaluations[0].per_image["annotation_diversity"].mean()
-    left.axhline(annotator, color="k", linestyle="--", label="E[d(Y,Y')] (annotators)")
-    left.set(xticks=x, xticklabels=names, ylabel="mean distance (1 - IoU)", title="GED break-up")
-    left.legend(fontsize="small")
-    right.bar(x, [e.per_image["ged"].mean() for e in evaluations], color="tab:gray")
-    if ORACLE_GED in evaluations[0].per_image:
-        oracle = evaluations[0].per_image[ORACLE_GED].mean()
-        right.axhline(oracle, color="tab:red", linestyle=":", label="oracle GED")
-        right.legend(fontsize="small")
-    right.set(xticks=x, xticklabels=names, ylabel="mean GED", title="GED")
-    fig.savefig(path, dpi=120)
-    return path
-
-
-def plot_sample_grid(evaluations: Sequence[Evaluation], example: int, path: Path) -> Path:
-    """Fig. 4 for one example: image and annotations in row 0, each model's samples below."""
-    reference = evaluations[0].examples
-    annotations = reference.annotations[example]
-    columns = max(1 + len(annotations), *(e.examples.samples.shape[1] for e in evaluations))
-    rows = 1 + len(evaluations)
-    fig = Figure(figsize=(0.9 * columns, 0.95 * rows), layout="constrained")
-    axes = fig.subplots(rows, columns, squeeze=False)
-    for ax in axes.flat:
-        ax.set_axis_off()
-    axes[0, 0].imshow(reference.images[example], cmap="gray")
-    axes[0, 0].set_title(f"image {reference.indices[example]}", fontsize=7)
-    for j, mask in enumerate(annotations, start=1):
-        axes[0, j].imshow(mask, cmap="gray", vmin=0, vmax=1)
-        axes[0, j].set_title(f"label {j}", fontsize=7)
-    for i, e in enumerate(evaluations, start=1):
-        for j, mask in enumerate(e.examples.samples[example]):
-            axes[i, j].imshow(mask, cmap="gray", vmin=0, vmax=1)
-        axes[i, 0].text(-0.1, 0.5, e.model, transform=axes[i, 0].transAxes, ha="right",
-                        va="center", fontsize=7)  # fmt: skip
-    fig.savefig(path, dpi=100)
-    return path
+def summary_markdown(summary: Mapping) -> str:
+    """Markdown tables of a summary: every labelled metric (mean ± std, median, n); on
+    synthetic data the means per scenario; the ECE of each reliability curve."""
+    metrics = summary["metrics"]
+    names = [*metric_labels.LABELS, *(ORACLE_PREFIX + n for n in metric_labels.LABELS)]
+    rows = [
+        {
+            "metric": metric_labels.label(n),
+            "mean ± std": f"{_number(metrics[n]['mean'])} ± {_number(metrics[n]['std'])}",
+            "median": _number(metrics[n]["median"]),
+            "n": metrics[n]["count"],
+        }
+        for n in names
+        if n in metrics
+    ]
+    text = to_markdown(pd.DataFrame(rows))
+    scenarios = summary.get("by_scenario", {})
+    if scenarios:
+        means = [
+            {"scenario": s, "num_images": g["num_images"]} | {c: _mean(g, c) for c in g["metrics"]}
+            for s, g in scenarios.items()
+        ]
+        text += "\nMeans per scenario\n\n" + labelled_markdown(pd.DataFrame(means))
+    curves = reliability_curves(summary)
+    if curves:
+        ece = [{"curve": n, "ECE": c.ece, "binned": c.count.sum()} for n, c in curves.items()]
+        text += "\nReliability (ECE over all pixels or images)\n\n" + to_markdown(pd.DataFrame(ece))
+    return text
 
 
 # --------------------------------------------------------------------------- comparison
@@ -382,24 +483,60 @@ def plot_sample_grid(evaluations: Sequence[Evaluation], example: int, path: Path
 
 def _write_table(table: pd.DataFrame, markdown: str, stem: Path) -> list[Path]:
     csv_path, md_path = stem.with_suffix(".csv"), stem.with_suffix(".md")
-    _write_atomic(csv_path, lambda f: f.write(table.to_csv(index=False).encode()))
-    _write_atomic(md_path, lambda f: f.write(markdown.encode()))
+    files.write_atomic(csv_path, table.to_csv(index=False))
+    files.write_atomic(md_path, markdown)
     return [csv_path, md_path]
 
 
+def _save(figure: Figure, path: Path) -> Path:
+    files.write_atomic(path, lambda f: figure.savefig(f, format="png", dpi=DPI))
+    return path
+
+
+def _reliability(evaluations: Sequence[Evaluation], kind: str) -> dict[str, ReliabilityCurve]:
+    """Each model's curve of a kind, and the oracle's (``oracle_<kind>``) of the first model."""
+    curves = {e.model: reliability_curves(e.summary).get(kind) for e in evaluations}
+    curves["oracle"] = reliability_curves(evaluations[0].summary).get(ORACLE_PREFIX + kind)
+    return {name: curve for name, curve in curves.items() if curve is not None}
+
+
+def _figures(evaluations: Sequence[Evaluation], out: Path) -> list[Path]:
+    """Fig. 2-4 and the reliability diagrams (where the summaries have curves) as PNG."""
+    per_image = {e.model: e.per_image for e in evaluations}
+    figures = {
+        "fig2_ged_letter_values": plots.ged_letter_values(
+            {model: frame["ged"] for model, frame in per_image.items()}
+        ),
+        "fig3_ged_breakup": plots.ged_breakup(per_image),
+    }
+    shown = evaluations[0].examples
+    for k, index in enumerate(shown.indices):
+        samples = {e.model: e.examples.samples[k] for e in evaluations}
+        figures[f"fig4_samples_{index}"] = plots.sample_grid(
+            shown.images[k], shown.annotations[k], samples, f"image {index}"
+        )
+    for kind in plots.RELIABILITY_AXES:
+        curves = _reliability(evaluations, kind)
+        if curves:
+            figures[f"reliability_{kind}"] = plots.reliability_diagram(curves, kind)
+    return [_save(figure, out / f"{name}.png") for name, figure in figures.items()]
+
+
 def compare(workdirs: Sequence[str | os.PathLike], out: str | os.PathLike) -> Comparison:
-    """Writes Table 1, the Wilcoxon table (>= 2 models) and Fig. 2-4 into ``out``."""
+    """Writes into ``out``: Table 1 (``table1_ged``), the Wilcoxon tests on GED
+    (``wilcoxon_ged``, >= 2 models), the truth metrics (``truth_metrics``, where the
+    evaluations have them), each as CSV and Markdown; Fig. 2-4 and the reliability diagrams
+    ``reliability_<curve>.png`` (one curve per model, the oracle's where present)."""
     evaluations = load_evaluations(workdirs)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     table = ged_table(evaluations)
-    files = _write_table(table, ged_markdown(table), out / "table1_ged")
+    written = _write_table(table, ged_markdown(table), out / "table1_ged")
     tests = None
     if len(evaluations) > 1:
         tests = wilcoxon_table(evaluations)
-        files += _write_table(tests, to_markdown(tests), out / "wilcoxon_ged")
-    files.append(plot_ged_letter_values(evaluations, out / "fig2_ged_letter_values.png"))
-    files.append(plot_ged_breakup(evaluations, out / "fig3_ged_breakup.png"))
-    for k, index in enumerate(evaluations[0].examples.indices):
-        files.append(plot_sample_grid(evaluations, k, out / f"fig4_samples_{index}.png"))
-    return Comparison(table, tests, files)
+        written += _write_table(tests, to_markdown(tests), out / "wilcoxon_ged")
+    metrics = truth_table(evaluations)
+    if metrics is not None:
+        written += _write_table(metrics, labelled_markdown(metrics), out / "truth_metrics")
+    written += _figures(evaluations, out)
+    return Comparison(table, tests, metrics, written)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from probunet_jax import calibration, calibration_plots
+from probunet_jax import calibration
 
 
 def _masks(*pixel_sets, size=4):
@@ -149,16 +149,3 @@ def test_padded_raters_are_ignored_and_imageless_rows_are_nan():
 def test_calibration_metrics_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match=r"\(1, 2, 4, 4\) and \(2, 2, 4, 4\)"):
         calibration.calibration_metrics(np.zeros((1, 2, 4, 4)), np.zeros((2, 2, 4, 4)))
-
-
-# --------------------------------------------------------------------------- figures
-
-
-def test_reliability_figures():
-    curve = calibration.reliability_curve(
-        calibration.reliability_bins([[0.1, 0.5, 0.9]], [[0.0, 0.6, 1.0]], 5)
-    )
-    pixel = calibration_plots.pixel_reliability_figure({"a": curve, "b": curve})
-    presence = calibration_plots.presence_reliability_figure({"a": curve})
-    assert len(pixel.axes[0].get_lines()) == 3  # Diagonal and two models.
-    assert len(presence.axes[0].get_lines()) == 2

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from probunet_jax import data, evaluation, metrics, presets, reporting, sampling
+from probunet_jax import calibration, data, evaluation, metrics, presets, reporting, sampling, truth
 from probunet_jax.data import synthetic
 from probunet_jax.model import init_variables, model_from_config
 
@@ -64,8 +64,11 @@ def test_writes_the_three_files_with_one_row_per_test_image(evaluated):
     assert summary["model"] == "mixture_fc" and summary["num_samples"] == NUM_SAMPLES
     assert summary["num_images"] == NUM_TEST  # The padding of the last batch is dropped.
     assert list(loaded.per_image.index) == list(range(NUM_TEST))
-    expected = {*reporting.METRICS, reporting.ORACLE_GED}
-    assert expected <= set(loaded.per_image.columns)
+    calibration_columns = {"rater_ece", "rater_brier", "ci_score", "max_dice"}
+    truth_columns = {"scenario", "truth_ece", "truth_brier", "presence_rate", "mode_tvd"}
+    oracle_columns = {f"oracle_{c}" for c in evaluation.ORACLE_TRUTH_COLUMNS}
+    expected = {*reporting.METRICS, reporting.ORACLE_GED, *calibration_columns, *truth_columns}
+    assert expected | oracle_columns <= set(loaded.per_image.columns)
     assert np.isfinite(summary["metrics"]["ged"]["mean"])
     assert np.isfinite(summary["metrics"][reporting.ORACLE_GED]["mean"])
     examples = loaded.examples
@@ -94,6 +97,64 @@ def test_metrics_match_a_direct_recomputation(config, variables, evaluated):
             np.testing.assert_array_equal(loaded.examples.annotations[i], example["masks"])
 
 
+def _direct_samples(config, variables, image, key):
+    """Masks and foreground probabilities `[1, S, H, W]` of one image, sampled directly."""
+    model = model_from_config(config.model)
+    logits = sampling.sample_logits(model, variables, image[None], key, NUM_SAMPLES)
+    return np.asarray(sampling.logits_to_masks(logits)), np.asarray(
+        evaluation.foreground_probs(logits)
+    )
+
+
+def test_calibration_and_truth_columns_match_a_direct_recomputation(config, variables, evaluated):
+    _, summary, loaded = evaluated
+    source = data.get_data_source(config.data, "test")
+    sample_key, _ = jax.random.split(jax.random.key(config.seed))
+    rater_bins = []
+    for i in range(NUM_TEST):
+        example = source[i]
+        masks, probs = _direct_samples(
+            config, variables, example["image"], jax.random.fold_in(sample_key, i)
+        )
+        cal = calibration.calibration_metrics(masks, example["masks"][None], probs)
+        rater_bins.append(cal.pixel_bins)
+        batched = {name: np.asarray(v)[None] for name, v in example["truth"].items()}
+        direct = cal.columns | truth.truth_metrics(masks, probs, batched).columns
+        row = loaded.per_image.loc[i]
+        for name, values in direct.items():
+            np.testing.assert_allclose(row[name], values[0], rtol=1e-5, atol=1e-6, err_msg=name)
+    curve = calibration.reliability_curve(
+        calibration.ReliabilityBins(*(np.concatenate(b) for b in zip(*rater_bins, strict=True)))
+    )
+    written = reporting.reliability_curves(summary)["rater_pixel"]
+    np.testing.assert_allclose(written.count, curve.count)
+    assert written.count.sum() == NUM_TEST * SIZE * SIZE
+    np.testing.assert_allclose(written.ece, curve.ece, rtol=1e-5)
+
+
+def test_summary_reliability_and_scenarios(evaluated):
+    _, summary, loaded = evaluated
+    curves = reporting.reliability_curves(summary)
+    names = {"rater_pixel", "truth_pixel", "oracle_truth_pixel", "presence", "oracle_presence"}
+    assert set(curves) == names
+    for name in ("truth_pixel", "oracle_truth_pixel"):
+        assert curves[name].count.sum() == NUM_TEST * SIZE * SIZE and np.isfinite(curves[name].ece)
+    single = loaded.per_image["scenario"] == 1
+    assert curves["presence"].count.sum() == curves["oracle_presence"].count.sum() == single.sum()
+    assert all(len(c["predicted"]) == calibration.NUM_BINS for c in summary["reliability"].values())
+    by_scenario = summary["by_scenario"]
+    assert list(by_scenario) == list(truth.SCENARIOS)
+    assert sum(group["num_images"] for group in by_scenario.values()) == NUM_TEST
+    for name, group in by_scenario.items():
+        rows = loaded.per_image["scenario"] == truth.SCENARIOS[name]
+        assert set(group["metrics"]) == set(reporting.SCENARIO_COLUMNS)
+        assert group["metrics"]["ged"]["count"] == rows.sum()
+        assert group["metrics"]["mode_tvd"]["count"] == (rows.sum() if name == "pair" else 0)
+    # The oracle's own truth columns: its samples come from the truth itself.
+    oracle = loaded.per_image["oracle_truth_brier"].mean()
+    assert oracle < loaded.per_image["truth_brier"].mean()
+
+
 def test_oracle_matches_a_direct_oracle_computation(config, evaluated):
     _, _, loaded = evaluated
     source = data.get_data_source(config.data, "test")
@@ -109,13 +170,32 @@ def test_oracle_matches_a_direct_oracle_computation(config, evaluated):
         np.testing.assert_allclose(
             row["oracle_sample_diversity"], direct.sample_diversity[0], atol=1e-6
         )
+        batched = {name: np.asarray(v)[None] for name, v in example["truth"].items()}
+        own = truth.truth_metrics(oracle[None], None, batched).columns
+        for name in evaluation.ORACLE_TRUTH_COLUMNS:
+            np.testing.assert_allclose(row[f"oracle_{name}"], own[name][0], err_msg=name)
+
+
+def _same_stats(a: dict, b: dict) -> bool:
+    """Stats equal up to float rounding; null (no finite value) only where the other is null."""
+    nan = lambda stats: {k: np.nan if v is None else v for k, v in stats.items()}  # noqa: E731
+    return nan(a) == pytest.approx(nan(b), rel=1e-5, abs=1e-6, nan_ok=True)
 
 
 def _assert_same_summary(a, b):
     """Equal up to float rounding (the NCC's reductions may differ across batch shapes)."""
     assert a.keys() == b.keys() and a["metrics"].keys() == b["metrics"].keys()
     for column, stats in a["metrics"].items():
-        assert stats == pytest.approx(b["metrics"][column], rel=1e-5, abs=1e-6), column
+        assert _same_stats(stats, b["metrics"][column]), column
+    assert a["by_scenario"].keys() == b["by_scenario"].keys()
+    for name, group in a["by_scenario"].items():
+        for column, stats in group["metrics"].items():
+            assert _same_stats(stats, b["by_scenario"][name]["metrics"][column]), (name, column)
+    curves_a, curves_b = (reporting.reliability_curves(s) for s in (a, b))
+    assert curves_a.keys() == curves_b.keys()
+    for name, curve in curves_a.items():
+        for x, y in zip(curve, curves_b[name], strict=True):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
 def test_deterministic_and_independent_of_the_batch_size(config, variables, evaluated):
@@ -225,7 +305,8 @@ def test_evaluate_cli_restores_the_best_checkpoint(paper_root, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((workdir / "eval" / "summary.json").read_text())
     assert summary["num_samples"] == 3 and summary["model"] == "aa"
-    assert "| GED |" in result.stdout and "| Oracle GED |" in result.stdout
+    assert "| GED |" in result.stdout and "| oracle GED |" in result.stdout
+    assert "Means per scenario" in result.stdout and "| truth_pixel |" in result.stdout
 
 
 def test_evaluate_cli_errors(tmp_path):
