@@ -141,8 +141,10 @@ def oracle_samples(
     image_size: int,
     num_samples: int,
     key: jax.Array,
+    num_classes: int = 2,
 ) -> np.ndarray:
-    """S fresh masks per image from its true annotation distribution, uint8 `[B, S, H, W]`.
+    """S fresh masks per image from its true annotation distribution, uint8 `[B, S, H, W]`
+    (labels 0..``num_classes`` − 1, as the data set's).
 
     ``truth`` holds the batched ``'truth'`` features `[B, ...]` of synthetic examples and
     ``indices`` `[B]` their test-set indices: image ``i``'s graders' latents are drawn from
@@ -158,12 +160,15 @@ def oracle_samples(
         choices.append(choice)
         levels.append(level)
     profiles = synthetic.lesion_profiles(truth, image_size)  # Rendering is batched.
-    return synthetic.render_masks(profiles, np.concatenate(choices), np.concatenate(levels))
+    choice, level = np.concatenate(choices), np.concatenate(levels)
+    return synthetic.render_masks(profiles, choice, level, num_classes)
 
 
-def oracle_metrics(oracle: np.ndarray, annotations: np.ndarray) -> dict[str, np.ndarray]:
+def oracle_metrics(
+    oracle: np.ndarray, annotations: np.ndarray, num_classes: int = 2
+) -> dict[str, np.ndarray]:
     """``oracle_ged`` and its break-up `[B]` of oracle masks `[B, S, H, W]` vs annotations."""
-    result = metrics.generalized_energy_distance(oracle, annotations)
+    result = metrics.generalized_energy_distance(oracle, annotations, num_classes=num_classes)
     return {
         ORACLE_PREFIX + "ged": np.asarray(result.ged),
         ORACLE_PREFIX + "sample_annotation_distance": np.asarray(result.sample_annotation_distance),
@@ -197,7 +202,11 @@ def rater_calibration(
 
 
 def truth_and_oracle(
-    samples: SampleBatch, oracle: np.ndarray, annotations: np.ndarray, truth: Mapping
+    samples: SampleBatch,
+    oracle: np.ndarray,
+    annotations: np.ndarray,
+    truth: Mapping,
+    num_classes: int = 2,
 ) -> BatchMetrics:
     """Synthetic set: ``truth.truth_metrics`` of the samples `[B, S, H, W]` and, prefixed
     ``oracle_``, the oracle's GED against the annotations `[B, A, H, W]` and its own truth
@@ -205,7 +214,7 @@ def truth_and_oracle(
     Monte Carlo floor); bins ``truth_pixel`` and ``oracle_truth_pixel``."""
     model = truth_lib.truth_metrics(samples.masks, samples.probs, truth)
     own = truth_lib.truth_metrics(oracle, None, truth)
-    columns = {**model.columns, **oracle_metrics(oracle, annotations)}
+    columns = {**model.columns, **oracle_metrics(oracle, annotations, num_classes)}
     columns |= {ORACLE_PREFIX + name: own.columns[name] for name in ORACLE_TRUTH_COLUMNS}
     bins = {"truth_pixel": model.pixel_bins, ORACLE_PREFIX + "truth_pixel": own.pixel_bins}
     return BatchMetrics(columns, bins)
@@ -269,10 +278,12 @@ class _Throughput:
 
 
 class _Oracle(NamedTuple):
-    """What the oracle of the synthetic set needs: the data source (for ``'truth'``), its key."""
+    """What the oracle of the synthetic set needs: the data source (for ``'truth'``), its key
+    and the number of classes of its masks."""
 
     source: object
     key: jax.Array
+    num_classes: int
 
 
 def _host_metrics(batch: Mapping, samples: SampleBatch, oracle: _Oracle | None) -> list:
@@ -282,15 +293,14 @@ def _host_metrics(batch: Mapping, samples: SampleBatch, oracle: _Oracle | None) 
     if not valid.any():
         return []
     annotations = np.asarray(batch["masks"])[valid]
-    rater_valid = batch.get("rater_valid")  # [B, A] once the data carries it.
-    rater_valid = None if rater_valid is None else np.asarray(rater_valid)[valid]
+    rater_valid = np.asarray(batch["rater_valid"])[valid]
     parts = [rater_calibration(samples, annotations, rater_valid)]
     if oracle is not None:
         indices = np.asarray(batch["index"])[valid]
         truth = _stack_truth(oracle.source.__getitems__(indices.tolist()))
         size, num_samples = annotations.shape[-1], samples.masks.shape[1]
-        masks = oracle_samples(truth, indices, size, num_samples, oracle.key)
-        parts.append(truth_and_oracle(samples, masks, annotations, truth))
+        masks = oracle_samples(truth, indices, size, num_samples, oracle.key, oracle.num_classes)
+        parts.append(truth_and_oracle(samples, masks, annotations, truth, oracle.num_classes))
     return parts
 
 
@@ -311,9 +321,10 @@ def _collect(
     """Runs the model over ``split``: per-image columns (padding dropped), the examples and
     the reliability curves."""
     source = data.get_data_source(config.data, split)
+    num_classes = data.dataset_info(config.data).num_classes
     sample_key, oracle_key = jax.random.split(key)
     with_oracle = config.data.name == "synthetic" and "truth" in source[0]
-    oracle = _Oracle(source, oracle_key) if with_oracle else None
+    oracle = _Oracle(source, oracle_key, num_classes) if with_oracle else None
     # Every process evaluates the whole split (process 0 writes): no cross-host gather needed.
     batches = data.make_eval_batches(
         config.data, split, batch_size, process_index=0, process_count=1
@@ -325,20 +336,31 @@ def _collect(
     throughput = _Throughput(split, num_samples)
     for batch in batches:
         valid, indices = np.asarray(batch["valid"]), np.asarray(batch["index"])
-        images, annotations, keys = jax.device_put(
-            (batch["image"], batch["masks"], image_keys(sample_key, jnp.asarray(indices))),
+        images, annotations, rater_valid, keys = jax.device_put(
+            (
+                batch["image"],
+                batch["masks"],
+                batch["rater_valid"],
+                image_keys(sample_key, jnp.asarray(indices)),
+            ),
             placement.batch,
         )
         samples = sample_batch(model, placement.variables, images, keys, num_samples)
         # The full (padded) batch keeps one compiled shape; padding rows are dropped after.
-        values = metrics.evaluate_images(samples.masks, annotations, samples.probs)
+        values = metrics.evaluate_images(
+            samples.masks,
+            annotations,
+            samples.probs if num_classes == 2 else None,  # K > 2: the NCC of the labels.
+            annotation_valid=rater_valid,
+            num_classes=num_classes,
+        )
         _append(columns, {name: v[valid] for name, v in values.items()} | {"index": indices[valid]})
         samples = SampleBatch(*(np.asarray(x)[valid] for x in samples))
         for part in _host_metrics(batch, samples, oracle):
             _append(columns, part.columns)
             _append(bins, part.pixel_bins)
         if sum(len(k[-1]) for k in kept) < NUM_EXAMPLES:
-            shown = (batch["image"][valid, ..., 0], batch["masks"][valid], samples.masks)
+            shown = (batch["image"][valid], batch["masks"][valid], samples.masks)
             kept.append((*shown, indices[valid]))
         throughput.update(int(valid.sum()))
     throughput.finish()

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Ellipse
 
@@ -44,27 +45,48 @@ RELIABILITY_AXES = {
 }
 
 
-def _grey(ax, image: np.ndarray, title: str | None = None) -> None:
-    ax.imshow(np.asarray(image), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+# Mask labels 0..9: background black, foreground (binary) white, then distinct colours.
+MASK_PALETTE = ListedColormap(
+    ["black", "white", "tab:orange", "tab:blue", "tab:green", "tab:red", "tab:purple"]
+    + ["tab:brown", "tab:pink", "tab:olive"]
+)
+
+
+def _frame(ax, title: str | None) -> None:
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
         ax.set_title(title, fontsize=8)
 
 
+def _image(ax, image: np.ndarray, title: str | None = None) -> None:
+    """An image `[H, W]` or `[H, W, C]` in [0, 1]: grey, RGB (C = 3) or its first channel."""
+    image = np.asarray(image)
+    if image.ndim == 3:
+        image = image if image.shape[-1] == 3 else image[..., 0]
+    ax.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    _frame(ax, title)
+
+
+def _mask(ax, mask: np.ndarray, title: str | None = None) -> None:
+    """A label map `[H, W]` in the colours of MASK_PALETTE (labels above 9 share the last)."""
+    top = MASK_PALETTE.N - 1
+    ax.imshow(np.asarray(mask), cmap=MASK_PALETTE, vmin=0, vmax=top, interpolation="nearest")
+    _frame(ax, title)
+
+
 # --------------------------------------------------------------------------- grids
 
 
 def show_examples(images: np.ndarray, annotations: np.ndarray) -> Figure:
-    """Images `[N, H, W]` (or `[N, H, W, 1]`) with their annotations `[N, A, H, W]`, a row each."""
-    images = np.asarray(images).reshape(np.shape(annotations)[0], *np.shape(annotations)[2:])
+    """Images `[N, H, W]` (or `[N, H, W, C]`) with their annotations `[N, A, H, W]`, a row each."""
     n, a = np.shape(annotations)[:2]
     fig = Figure(figsize=(1.4 * (a + 1), 1.4 * n), layout="constrained")
     axes = fig.subplots(n, a + 1, squeeze=False)
     for i in range(n):
-        _grey(axes[i, 0], images[i], "image" if i == 0 else None)
+        _image(axes[i, 0], images[i], "image" if i == 0 else None)
         for j in range(a):
-            _grey(axes[i, j + 1], annotations[i, j], f"annotation {j + 1}" if i == 0 else None)
+            _mask(axes[i, j + 1], annotations[i, j], f"annotation {j + 1}" if i == 0 else None)
     return fig
 
 
@@ -74,16 +96,15 @@ def show_samples(
     """Per image a row: the image, its annotations (if given) and its samples `[N, S, H, W]`."""
     samples = np.asarray(samples)
     n, s = samples.shape[:2]
-    images = np.asarray(images).reshape(n, *samples.shape[2:])
     a = 0 if annotations is None else np.shape(annotations)[1]
     fig = Figure(figsize=(0.9 * (1 + a + s), 0.95 * n), layout="constrained")
     axes = fig.subplots(n, 1 + a + s, squeeze=False)
     for i in range(n):
-        _grey(axes[i, 0], images[i], "image" if i == 0 else None)
+        _image(axes[i, 0], images[i], "image" if i == 0 else None)
         for j in range(a):
-            _grey(axes[i, 1 + j], annotations[i, j], f"y{j + 1}" if i == 0 else None)
+            _mask(axes[i, 1 + j], annotations[i, j], f"y{j + 1}" if i == 0 else None)
         for k in range(s):
-            _grey(axes[i, 1 + a + k], samples[i, k], f"s{k + 1}" if i == 0 else None)
+            _mask(axes[i, 1 + a + k], samples[i, k], f"s{k + 1}" if i == 0 else None)
     return fig
 
 
@@ -99,7 +120,7 @@ def show_mask_grid(
     axes = fig.subplots(rows, cols, squeeze=False)
     for r in range(rows):
         for c in range(cols):
-            _grey(axes[r, c], masks[r, c])
+            _mask(axes[r, c], masks[r, c])
         if labels is not None:
             axes[r, 0].set_ylabel(labels[r], fontsize=7)
     if title:
@@ -110,20 +131,20 @@ def show_mask_grid(
 def sample_grid(
     image: np.ndarray, annotations: np.ndarray, samples: Mapping[str, np.ndarray], title: str
 ) -> Figure:
-    """Fig. 4 for one image `[H, W]`: it and its annotations `[A, H, W]` in row 0, below a row
-    of samples `[S, H, W]` per model (``samples``: model name -> samples)."""
+    """Fig. 4 for one image `[H, W]` (or `[H, W, C]`): it and its annotations `[A, H, W]` in
+    row 0, below a row of samples `[S, H, W]` per model (``samples``: model name -> samples)."""
     columns = max(1 + len(annotations), *(len(s) for s in samples.values()))
     rows = 1 + len(samples)
     fig = Figure(figsize=(0.9 * columns, 0.95 * rows), layout="constrained")
     axes = fig.subplots(rows, columns, squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
-    _grey(axes[0, 0], image, title)
+    _image(axes[0, 0], image, title)
     for j, mask in enumerate(annotations, start=1):
-        _grey(axes[0, j], mask, f"label {j}")
+        _mask(axes[0, j], mask, f"label {j}")
     for i, (model, masks) in enumerate(samples.items(), start=1):
         for j, mask in enumerate(masks):
-            _grey(axes[i, j], mask)
+            _mask(axes[i, j], mask)
             axes[i, j].set_axis_on()
         axes[i, 0].set_ylabel(model, fontsize=7)
     return fig
@@ -271,4 +292,24 @@ def reliability_diagram(curves: Mapping[str, ReliabilityCurve], kind: str) -> Fi
     top.set(xlim=(0, 1), ylim=(0, 1), ylabel=ylabel, title=title, aspect="equal")
     top.legend(fontsize="small")
     bottom.set(xlabel=xlabel, ylabel="share", yscale="log")
+    return fig
+
+
+# --------------------------------------------------------------------------- training
+
+
+def learning_curves(curves: Mapping[str, pd.DataFrame], reference: float | None = None) -> Figure:
+    """Validation GED against steps and training seconds, a line per run (``curves``: name ->
+    frame with ``step``, ``seconds``, ``ged``), with the oracle's GED as a dashed reference."""
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    for name, curve in curves.items():
+        for ax, x in zip(axes, ("step", "seconds"), strict=True):
+            ax.plot(curve[x], curve["ged"], marker=".", label=name)
+    for ax, label in zip(axes, ("training steps", "training seconds"), strict=True):
+        if reference is not None:
+            ax.axhline(reference, color="black", linestyle="--", label="oracle (test split)")
+        ax.set(xlabel=label, ylabel="validation GED")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
     return fig

@@ -130,12 +130,13 @@ def _per_image_frame(per_image: Mapping[str, np.ndarray]) -> pd.DataFrame:
 def _check_examples(examples: Examples) -> None:
     images, annotations, samples, indices = (np.asarray(a) for a in examples)
     if not (
-        (images.ndim, annotations.ndim, samples.ndim, indices.ndim) == (3, 4, 4, 1)
+        (annotations.ndim, samples.ndim, indices.ndim) == (4, 4, 1)
+        and images.ndim in (3, 4)
         and images.shape[0] == annotations.shape[0] == samples.shape[0] == indices.shape[0]
-        and images.shape[1:] == annotations.shape[2:] == samples.shape[2:]
+        and images.shape[1:3] == annotations.shape[2:] == samples.shape[2:]
     ):
         raise ValueError(
-            "expected images [K,H,W], annotations [K,A,H,W], samples [K,S,H,W], indices [K]; "
+            "expected images [K,H,W(,C)], annotations [K,A,H,W], samples [K,S,H,W], indices [K]; "
             f"got {images.shape}, {annotations.shape}, {samples.shape}, {indices.shape}"
         )
 

@@ -23,6 +23,7 @@ def test_folder_data_trains_and_evaluates(
         model=dict(num_classes=1 if num_classes == 2 else num_classes),
         data=dict(
             name="mine",
+            data_dir=str(tmp_path / "data"),
             source="folder",
             manual_dir=str(tmp_path / "cases"),
             image_size=16,
