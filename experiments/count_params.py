@@ -1,6 +1,7 @@
 r"""Prints the parameter counts of the paper's variants (U-Net, prior, posterior, head, total).
 
 python -m experiments.count_params                      # all variants, 128×128, paper network
+python -m experiments.count_params --network=authors    # the network of the authors' code
 python -m experiments.count_params --variants=mixture_fc --filters=16,32,64,128
 """
 
@@ -12,20 +13,28 @@ from experiments import cli
 from probunet_jax import presets
 from probunet_jax.model import model_from_config, parameter_counts
 
+COLUMNS = ("unet", "prior_net", "posterior_net", "head", "total")
+NETWORKS = {"paper": {}, "authors": presets.AUTHORS_NETWORK}
+
 _VARIANTS = flags.DEFINE_list("variants", list(presets.VARIANTS), "Variants to count.")
+_NETWORK = flags.DEFINE_enum(
+    "network", "paper", list(NETWORKS), "The paper's network, or the authors' code's."
+)
 _FILTERS = flags.DEFINE_list(
-    "filters", [str(f) for f in presets.PAPER_FILTERS], "Block widths, last = bottleneck."
+    "filters", None, "Block widths, last = bottleneck (default: the network's)."
 )
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 128, "Image height and width.")
 
-COLUMNS = ("unet", "prior_net", "posterior_net", "head", "total")
 
-
-def count_table(variants: Sequence[str], filters: Sequence[int], image_size: int) -> str:
-    """A Markdown table of `parameter_counts` per variant."""
+def count_table(
+    variants: Sequence[str], network: dict, filters: Sequence[int] | None, image_size: int
+) -> str:
+    """A Markdown table of `parameter_counts` per variant of model fields ``network``."""
+    if filters is not None:
+        network = dict(network, filters=tuple(filters))
     lines = ["| variant | " + " | ".join(COLUMNS) + " |", "|---" + "|---:" * len(COLUMNS) + "|"]
     for variant in variants:
-        model = model_from_config(presets.model_config(variant, filters=tuple(filters)))
+        model = model_from_config(presets.model_config(variant, **network))
         counts = parameter_counts(model, (image_size, image_size, 1))
         lines.append(f"| {variant} | " + " | ".join(f"{counts[c]:,}" for c in COLUMNS) + " |")
     return "\n".join(lines)
@@ -34,7 +43,8 @@ def count_table(variants: Sequence[str], filters: Sequence[int], image_size: int
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    print(count_table(_VARIANTS.value, [int(f) for f in _FILTERS.value], _IMAGE_SIZE.value))
+    filters = None if _FILTERS.value is None else [int(f) for f in _FILTERS.value]
+    print(count_table(_VARIANTS.value, NETWORKS[_NETWORK.value], filters, _IMAGE_SIZE.value))
 
 
 if __name__ == "__main__":

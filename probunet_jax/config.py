@@ -13,6 +13,11 @@ Layout::
     data                      probunet_jax.data.default_data_config(): data set and input pipeline
     train.batch_size          global batch size (divided over processes and devices)
     train.learning_rate       Adam's step size (paper: 1e-4)
+    train.weight_decay        Adam's coupled L2 (PyTorch's Adam(weight_decay)): gradient += wd·w
+                              for every parameter (authors' code: 1e-5; 0: off)
+    train.l2_norm_penalty     λ of λ·Σ‖W‖₂ (L2 norms, not squared, of every parameter tensor of
+                              the prior and posterior nets) added to the loss's gradient
+                              (authors' code: 1e-5; 0: off; see losses.latent_nets_norm)
     train.num_steps           the most steps to train
     train.eval_every_steps    validation every this many steps: an "epoch" for early stopping
                               (ONE_EPOCH = 0: one pass over the training split, counted at run time)
@@ -51,6 +56,8 @@ SCHEDULES = ("constant", "cosine")
 _TRAIN_DEFAULTS = dict(
     batch_size=32,
     learning_rate=1e-4,
+    weight_decay=0.0,
+    l2_norm_penalty=0.0,
     num_steps=1000,
     eval_every_steps=ONE_EPOCH,
     patience=20,
@@ -167,6 +174,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             "train.geco_target must be >= 0 (0: off) and train.geco_decay in [0, 1), got "
             f"{config.train.geco_target} and {config.train.geco_decay}."
+        )
+    if config.train.weight_decay < 0 or config.train.l2_norm_penalty < 0:
+        raise ValueError(
+            "train.weight_decay and train.l2_norm_penalty must be >= 0 (0: off), got "
+            f"{config.train.weight_decay} and {config.train.l2_norm_penalty}."
         )
     if not config.train.learning_rate > 0:
         raise ValueError(f"train.learning_rate must be > 0, got {config.train.learning_rate}.")

@@ -7,12 +7,20 @@ Every latent distribution is a Distrax distribution with batch shape `[B]` and e
 - ``fc``: full-covariance Gaussian through its Cholesky factor,
   `distrax.MultivariateNormalTri`; L = strictly lower triangle of a raw d×d matrix plus a
   positive diagonal exp(log_scale) + floor, so Σ = L Lᵀ is positive definite.
-- ``lr``: low rank plus diagonal, `distrax.MultivariateNormalDiagPlusLowRank`: the scale is
-  S = diag(s) + U Uᵀ with U of shape `[d, rank]` and Σ = S Sᵀ (the "FC-LR" variant of the
-  paper's code, which uses PyTorch's Σ = diag(s) + U Uᵀ instead; both have d·(rank + 2)
-  parameters and are positive definite).
+- ``lr``: low rank plus diagonal, with U of shape `[d, rank]` (the "FC-LR" variant of the
+  paper's code), parameterized by ``lr_parameterization``: 'scale' (default),
+  `distrax.MultivariateNormalDiagPlusLowRank` with scale S = diag(s) + U Uᵀ and Σ = S Sᵀ;
+  or 'covariance', the paper code's (PyTorch's ``LowRankMultivariateNormal``)
+  Σ = U Uᵀ + diag(s), a `distrax.MultivariateNormalTri` on the Cholesky factor of Σ. Both
+  have d·(rank + 2) parameters and are positive definite.
 - a mixture of N components of any of the three, `GumbelSoftmaxMixture`: its samples pick a
   component with a straight-through Gumbel-Softmax so that gradients reach the mixture logits.
+
+``layout`` orders the raw outputs: 'compact' (default), one layer, component after component,
+then the mixture logits; 'authors', the output layers of the paper's code (`output_layers`):
+means and log-scales of all components, then their covariance parameters (FC: a d×d matrix of
+which only the strict lower triangle is used, the diagonal being exp(log-scale) + floor, so d
+more outputs per component than 'compact'; LR: U), then the mixture logits.
 
 `kl_divergence(q, p)` is KL(q‖p) per batch element: closed form for two single Gaussians,
 a Monte Carlo estimate with reparameterized samples of q when either is a mixture.
@@ -27,6 +35,8 @@ import jax
 import jax.numpy as jnp
 
 LATENT_KINDS = ("aa", "fc", "lr")
+LAYOUTS = ("compact", "authors")
+LR_PARAMETERIZATIONS = ("scale", "covariance")
 
 # Floor added to every positive scale so that covariances stay well conditioned.
 SCALE_FLOOR = 1e-4
@@ -51,6 +61,8 @@ class LatentSpec(NamedTuple):
       num_components: N mixture components; 1 means a single Gaussian.
       rank: rank of the low-rank factor (kind "lr" only), 1 <= rank < d.
       temperature: Gumbel-Softmax temperature τ > 0 (mixtures only).
+      layout: "compact" or "authors", the order of the raw outputs (module docstring).
+      lr_parameterization: "scale" (S = diag(s) + U Uᵀ) or "covariance" (Σ = U Uᵀ + diag(s)).
     """
 
     kind: str = "aa"
@@ -58,6 +70,8 @@ class LatentSpec(NamedTuple):
     num_components: int = 1
     rank: int = 1
     temperature: float = 0.5
+    layout: str = "compact"
+    lr_parameterization: str = "scale"
 
     def validate(self) -> LatentSpec:
         """Returns self, or raises ValueError naming the bad field."""
@@ -74,6 +88,13 @@ class LatentSpec(NamedTuple):
             )
         if not self.temperature > 0:
             raise ValueError(f"temperature (tau) must be > 0, got {self.temperature}.")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"Unknown latent layout {self.layout!r}; expected one of {LAYOUTS}.")
+        if self.lr_parameterization not in LR_PARAMETERIZATIONS:
+            raise ValueError(
+                f"Unknown lr_parameterization {self.lr_parameterization!r}; expected one of "
+                f"{LR_PARAMETERIZATIONS}."
+            )
         return self
 
     @property
@@ -82,9 +103,32 @@ class LatentSpec(NamedTuple):
         d = self.latent_dim
         if self.kind == "aa":
             return 2 * d  # mean, log-scale
-        if self.kind == "fc":
-            return d + d * d  # mean, raw d×d matrix (strict lower part + log-diagonal)
-        return 2 * d + d * self.rank  # mean, log-diagonal, low-rank factor
+        return 2 * d + self.covariance_params if self.has_log_scale else d + d * d
+
+    @property
+    def has_log_scale(self) -> bool:
+        """Whether a component's outputs hold d log-scales (all but the compact FC, whose
+        log-diagonal is the diagonal of its d×d matrix)."""
+        return self.kind != "fc" or self.layout == "authors"
+
+    @property
+    def covariance_params(self) -> int:
+        """Outputs per component beyond the mean and log-scales: FC d×d, LR d×rank, AA 0."""
+        return {"aa": 0, "fc": self.latent_dim**2, "lr": self.latent_dim * self.rank}[self.kind]
+
+    @property
+    def output_layers(self) -> tuple[tuple[str, int], ...]:
+        """`(name, width)` of the net's output layers, in the order of the raw outputs: one
+        layer ('compact'), or the paper code's layers ('authors')."""
+        if self.layout == "compact":
+            return (("latent_params", self.num_params),)
+        n, d = self.num_components, self.latent_dim
+        layers = [("mean_log_scale", n * 2 * d)]
+        if self.covariance_params:
+            layers.append(("covariance", n * self.covariance_params))
+        if n > 1:
+            layers.append(("mixture_logits", n))
+        return tuple(layers)
 
     @property
     def num_params(self) -> int:
@@ -98,27 +142,50 @@ def _positive(log_scale: jax.Array) -> jax.Array:
 
 
 def _gaussian(raw: jax.Array, spec: LatentSpec) -> distrax.Distribution:
-    """A Gaussian with batch shape `raw.shape[:-1]` from raw parameters `[..., P]`."""
+    """A Gaussian with batch shape `raw.shape[:-1]` from one component's raw parameters
+    `[..., P]`: the mean, (the log-scales), the covariance parameters."""
     d = spec.latent_dim
     loc, rest = raw[..., :d], raw[..., d:]
     if spec.kind == "aa":
         return distrax.MultivariateNormalDiag(loc, _positive(rest))
+    log_scale, rest = (rest[..., :d], rest[..., d:]) if spec.has_log_scale else (None, rest)
+    eye = jnp.eye(d, dtype=raw.dtype)
     if spec.kind == "fc":
         matrix = rest.reshape(*rest.shape[:-1], d, d)
-        diagonal = _positive(jnp.diagonal(matrix, axis1=-2, axis2=-1))
-        scale_tril = jnp.tril(matrix, k=-1) + diagonal[..., None] * jnp.eye(d, dtype=raw.dtype)
+        if log_scale is None:
+            log_scale = jnp.diagonal(matrix, axis1=-2, axis2=-1)
+        scale_tril = jnp.tril(matrix, k=-1) + _positive(log_scale)[..., None] * eye
         return distrax.MultivariateNormalTri(loc, scale_tril)
-    diag, factor = rest[..., :d], rest[..., d:]
-    factor = factor.reshape(*factor.shape[:-1], d, spec.rank)
-    return distrax.MultivariateNormalDiagPlusLowRank(loc, _positive(diag), factor)
+    factor = rest.reshape(*rest.shape[:-1], d, spec.rank)
+    if spec.lr_parameterization == "scale":
+        return distrax.MultivariateNormalDiagPlusLowRank(loc, _positive(log_scale), factor)
+    covariance = factor @ jnp.swapaxes(factor, -1, -2) + _positive(log_scale)[..., None] * eye
+    return distrax.MultivariateNormalTri(loc, jnp.linalg.cholesky(covariance))
+
+
+def _components(raw: jax.Array, spec: LatentSpec) -> tuple[jax.Array, jax.Array]:
+    """Raw outputs `[B, num_params]` → component parameters `[B, N, P]`, mixture logits
+    `[B, N]` (empty for one component)."""
+    n, rows = spec.num_components, raw.shape[0]
+    n_params = n * spec.params_per_component
+    if spec.layout == "compact":
+        params = raw[:, :n_params].reshape(rows, n, -1)
+    else:
+        split = n * 2 * spec.latent_dim
+        params = jnp.concatenate(
+            [raw[:, :split].reshape(rows, n, -1), raw[:, split:n_params].reshape(rows, n, -1)],
+            axis=-1,
+        )
+    return params, raw[:, n_params:]
 
 
 def make_latent_distribution(raw: jax.Array, spec: LatentSpec) -> distrax.Distribution:
     """Builds the latent distribution of `spec` from a net's raw output.
 
     Args:
-      raw: `[B, spec.num_params]`: for a mixture, N blocks of component parameters followed
-        by N mixture logits.
+      raw: `[B, spec.num_params]` in the order of ``spec.layout``: 'compact', N blocks of
+        component parameters followed by N mixture logits (for a mixture); 'authors', the
+        outputs of ``spec.output_layers`` one after the other.
       spec: the distribution family.
 
     Returns:
@@ -130,12 +197,10 @@ def make_latent_distribution(raw: jax.Array, spec: LatentSpec) -> distrax.Distri
             f"Raw latent parameters must have shape [B, {spec.num_params}] for {spec}, "
             f"got {raw.shape}."
         )
-    n = spec.num_components
-    if n == 1:
-        return _gaussian(raw, spec)
-    component_params = raw[:, : n * spec.params_per_component].reshape(raw.shape[0], n, -1)
-    logits = raw[:, n * spec.params_per_component :]
-    return GumbelSoftmaxMixture(logits, _gaussian(component_params, spec), spec.temperature)
+    params, logits = _components(raw, spec)
+    if spec.num_components == 1:
+        return _gaussian(params[:, 0], spec)
+    return GumbelSoftmaxMixture(logits, _gaussian(params, spec), spec.temperature)
 
 
 class GumbelSoftmaxMixture(distrax.MixtureSameFamily):

@@ -1,8 +1,10 @@
 """The training objective: pixel cross-entropy + β·KL(q‖p) (Kohl et al. 2018, eq. 4), with a
-KL warm-up, or GECO's constrained form (Rezende & Viola 2018) as an alternative to β."""
+KL warm-up, or GECO's constrained form (Rezende & Viola 2018) as an alternative to β; the
+authors' code's extra λ·Σ‖W‖₂ over the prior and posterior nets, as a gradient transformation."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -120,3 +122,35 @@ def geco_update(state: GecoState, constraint: jax.Array, *, rate: float, decay: 
     average = decay * state.constraint_average + (1.0 - decay) * jax.lax.stop_gradient(constraint)
     multiplier = jnp.clip(state.multiplier * jnp.exp(rate * average), 1e-6, 1e6)
     return GecoState(multiplier, average)
+
+
+LATENT_NETS = ("prior_net", "posterior_net")
+
+
+def safe_norm(x: jax.Array) -> jax.Array:
+    """‖x‖₂ of all entries, with the gradient 0 at x = 0 (as PyTorch's ``Tensor.norm``)."""
+    squared = jnp.sum(jnp.square(x))
+    positive = squared > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.0)), 0.0)
+
+
+def latent_nets_norm(params: dict) -> jax.Array:
+    """Σ‖W‖₂ over every parameter tensor W of the prior and posterior nets: the L2 norms, not
+    squared (the authors' code: ``l2_regularisation(prior) + l2_regularisation(posterior)``,
+    kernels, biases and batch-norm scales and offsets alike)."""
+    leaves = jax.tree.leaves([params[name] for name in LATENT_NETS])
+    return sum(safe_norm(leaf) for leaf in leaves)
+
+
+def add_penalty_gradient(
+    penalty: Callable[[optax.Params], jax.Array],
+) -> optax.GradientTransformation:
+    """Adds the gradient of ``penalty(params)`` to the updates: the same step as adding the
+    penalty to the loss, without it appearing in the logged loss."""
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError("add_penalty_gradient needs the params in optimizer.update.")
+        return jax.tree.map(jnp.add, updates, jax.grad(penalty)(params)), state
+
+    return optax.GradientTransformation(lambda _: optax.EmptyState(), update)

@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 
 from probunet_jax import distributions, presets
-from probunet_jax.networks import Head, LatentNet, UNet, check_image
+from probunet_jax.networks import Head, LatentNet, UNet, check_image, check_options
 
 
 class ModelOutput(NamedTuple):
@@ -63,6 +63,8 @@ class ProbabilisticUNet(nn.Module):
       head_depth: number of 1×1 layers of the head, the logits layer included (paper: 4).
       num_classes: 1 for binary segmentation (sigmoid), else the number of classes (softmax).
       convs_per_block: 3×3 convolutions per block (paper: 3).
+      norm, init_scheme, align_corners: the network options of `networks` (the paper's text:
+        'paper', 'flax', False; the authors' code: 'authors', 'authors', True).
     """
 
     filters: Sequence[int]
@@ -70,18 +72,27 @@ class ProbabilisticUNet(nn.Module):
     head_depth: int = 4
     num_classes: int = 1
     convs_per_block: int = 3
+    norm: str = "paper"
+    init_scheme: str = "flax"
+    align_corners: bool = False
 
     def setup(self):
         self.latent.validate()
+        check_options(self.norm, self.init_scheme)
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}.")
         if len(self.filters) < 1:
             raise ValueError("filters must list at least one block width.")
-        self.unet = UNet(self.filters, self.convs_per_block)
-        num_params = self.latent.num_params
-        self.prior_net = LatentNet(self.filters, num_params, self.convs_per_block)
-        self.posterior_net = LatentNet(self.filters, num_params, self.convs_per_block)
-        self.head = Head(self.filters[0], self.head_depth, self.num_classes)
+        options = dict(norm=self.norm, init_scheme=self.init_scheme)
+        self.unet = UNet(
+            self.filters, self.convs_per_block, align_corners=self.align_corners, **options
+        )
+        layers = self.latent.output_layers
+        self.prior_net = LatentNet(self.filters, layers, self.convs_per_block, **options)
+        self.posterior_net = LatentNet(self.filters, layers, self.convs_per_block, **options)
+        self.head = Head(
+            self.filters[0], self.head_depth, self.num_classes, self.latent.latent_dim, **options
+        )
 
     def prior(self, image: jax.Array, *, train: bool = False) -> distrax.Distribution:
         """p(z|x), batch shape `[B]`."""
@@ -108,9 +119,9 @@ class ProbabilisticUNet(nn.Module):
         """U-Net features with the head's per-image first-layer part applied, `[B, H, W, F]`."""
         return self.head.project(self.unet(image, train=train))
 
-    def decode(self, features: jax.Array, z: jax.Array) -> jax.Array:
+    def decode(self, features: jax.Array, z: jax.Array, *, train: bool = False) -> jax.Array:
         """Logits `[B, H, W, num_classes]` from `features` (see `features`) and z `[B, d]`."""
-        return self.head.combine(features, z)
+        return self.head.combine(features, z, train=train)
 
     def features_and_prior(
         self, image: jax.Array, *, train: bool = False
@@ -123,7 +134,7 @@ class ProbabilisticUNet(nn.Module):
         posterior = self.posterior(image, mask, train=train)
         prior = self.prior(image, train=train)
         z = posterior.sample(seed=self.make_rng("latent"))
-        logits = self.decode(self.features(image, train=train), z)
+        logits = self.decode(self.features(image, train=train), z, train=train)
         return ModelOutput(logits, prior, posterior)
 
 
@@ -135,6 +146,9 @@ def model_from_config(config: ml_collections.ConfigDict) -> ProbabilisticUNet:
         head_depth=config.head_depth,
         num_classes=config.num_classes,
         convs_per_block=config.convs_per_block,
+        norm=config.norm,
+        init_scheme=config.init_scheme,
+        align_corners=config.align_corners,
     )
 
 

@@ -4,6 +4,20 @@ Paper §4.2 and Appendix A: every block is three 3×3 convolutions, each followe
 batch normalization; average pooling down, bilinear interpolation up, skip concatenation.
 `filters` lists the blocks' widths from the top; its last entry is the bottleneck, e.g.
 `(32, 64, 128, 512)` for the paper's three blocks of 32, 64, 128 and a 512 bottleneck.
+
+Options of every module, to follow either the paper's text or its authors' code
+(``ishaanb92/GeneralizedProbabilisticUNet``, README "Paper, code and this project"):
+
+- ``norm``: 'paper', batch norm after every convolution's ReLU (none in the head); 'authors',
+  one batch norm after each block's last ReLU, none after the U-Net's last decoder block nor
+  after the latent nets' bottleneck block, and one before each hidden 1×1 layer of the head
+  but its first (depth − 2 in all).
+- ``init_scheme``: 'flax', Flax's defaults (LeCun normal kernels, zero biases); 'authors', He-normal
+  convolutions with N(0, 0.001²) biases truncated at ±2σ, He-normal latent-parameter layers
+  with N(0, 1) biases, PyTorch's default uniform init of the mixture-logit layer, orthogonal
+  head layers with the same truncated biases.
+- ``align_corners``: bilinear upsampling with half-pixel centres (``jax.image.resize``) or
+  with the corners aligned (PyTorch's ``align_corners=True``, the authors' code).
 """
 
 from __future__ import annotations
@@ -13,22 +27,62 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+NORMS = ("paper", "authors")
+INITS = ("flax", "authors")
+
+# The authors' code: He-normal (fan in, not truncated) kernels, N(0, 0.001²) biases cut at ±2σ.
+HE_NORMAL = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+SMALL_BIAS = nn.initializers.truncated_normal(stddev=1e-3, lower=-2.0, upper=2.0)
+
+
+def check_options(norm: str, init_scheme: str) -> None:
+    """Raises ValueError for an unknown ``norm`` or ``init_scheme`` option."""
+    if norm not in NORMS:
+        raise ValueError(f"Unknown norm {norm!r}; expected one of {NORMS}.")
+    if init_scheme not in INITS:
+        raise ValueError(f"Unknown init_scheme {init_scheme!r}; expected one of {INITS}.")
+
+
+def batch_norm(train: bool | None = None) -> nn.BatchNorm:
+    """PyTorch's BatchNorm2d defaults (momentum 0.1, eps 1e-5), as in the paper's code; the
+    mode is given at each call if ``train`` is None."""
+    use_running_average = None if train is None else not train
+    return nn.BatchNorm(use_running_average=use_running_average, momentum=0.9, epsilon=1e-5)
+
+
+def conv_inits(init_scheme: str) -> dict:
+    """Keyword arguments of a 3×3 convolution under ``init_scheme``."""
+    return dict(kernel_init=HE_NORMAL, bias_init=SMALL_BIAS) if init_scheme == "authors" else {}
 
 
 class ConvBlock(nn.Module):
-    """`num_convs` × (3×3 conv → ReLU → batch norm). `[B, H, W, C] → [B, H, W, features]`."""
+    """`num_convs` × (3×3 conv → ReLU), batch norm after every ReLU (``norm`` 'every_conv'),
+    after the last only ('end') or nowhere ('none'). `[B, H, W, C] → [B, H, W, features]`."""
 
     features: int
     num_convs: int = 3
+    norm: str = "every_conv"
+    init_scheme: str = "flax"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        for _ in range(self.num_convs):
-            x = nn.Conv(self.features, (3, 3), padding="SAME")(x)
-            x = nn.relu(x)
-            # PyTorch's BatchNorm2d defaults (momentum 0.1, eps 1e-5), as in the paper's code.
-            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
+        for i in range(self.num_convs):
+            x = nn.relu(
+                nn.Conv(self.features, (3, 3), padding="SAME", **conv_inits(self.init_scheme))(x)
+            )
+            if self.norm == "every_conv" or (self.norm == "end" and i == self.num_convs - 1):
+                x = batch_norm(train)(x)
         return x
+
+
+def block_norm(norm: str, normalized: bool) -> str:
+    """The ConvBlock ``norm`` of a block under the network option ``norm``: after every conv
+    ('paper'), or once at its end where the authors' code normalizes it (``normalized``)."""
+    if norm == "paper":
+        return "every_conv"
+    return "end" if normalized else "none"
 
 
 def downsample(x: jax.Array) -> jax.Array:
@@ -36,10 +90,29 @@ def downsample(x: jax.Array) -> jax.Array:
     return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
 
-def upsample_to(x: jax.Array, like: jax.Array) -> jax.Array:
-    """Bilinear upsampling of `x` `[B, h, w, C]` to the spatial size of `like` `[B, H, W, _]`."""
-    b, _, _, c = x.shape
-    return jax.image.resize(x, (b, like.shape[1], like.shape[2], c), method="bilinear")
+def align_corners_matrix(size_in: int, size_out: int) -> np.ndarray:
+    """`[size_out, size_in]` weights of 1-D linear interpolation with the corners aligned:
+    output i samples input position i·(size_in − 1)/(size_out − 1) (0 if size_out is 1)."""
+    scale = (size_in - 1) / (size_out - 1) if size_out > 1 else 0.0
+    position = np.arange(size_out) * scale
+    low = np.minimum(np.floor(position).astype(int), size_in - 1)
+    high = np.minimum(low + 1, size_in - 1)
+    frac = (position - low)[:, None]
+    eye = np.eye(size_in)
+    return eye[low] * (1.0 - frac) + eye[high] * frac
+
+
+def upsample_to(x: jax.Array, like: jax.Array, *, align_corners: bool = False) -> jax.Array:
+    """Bilinear upsampling of `x` `[B, h, w, C]` to the spatial size of `like` `[B, H, W, _]`,
+    half-pixel centres (``jax.image.resize``) or corners aligned (PyTorch's
+    ``align_corners=True``: two interpolation matrices, one per axis)."""
+    b, h, w, c = x.shape
+    height, width = like.shape[1], like.shape[2]
+    if not align_corners:
+        return jax.image.resize(x, (b, height, width, c), method="bilinear")
+    rows = jnp.asarray(align_corners_matrix(h, height), x.dtype)
+    cols = jnp.asarray(align_corners_matrix(w, width), x.dtype)
+    return jnp.einsum("Hh,bhwc,Ww->bHWc", rows, x, cols)
 
 
 def check_image(image: jax.Array, num_levels: int) -> None:
@@ -58,11 +131,14 @@ class Encoder(nn.Module):
     """The U-Net encoder: a block per level, average pooling between levels.
 
     Returns the features of every level, `[B, H / 2**i, W / 2**i, filters[i]]`; the last
-    is the bottleneck.
+    is the bottleneck (batch-normalized under ``norm`` 'authors' only if ``norm_bottleneck``).
     """
 
     filters: Sequence[int]
     num_convs: int = 3
+    norm: str = "paper"
+    init_scheme: str = "flax"
+    norm_bottleneck: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> list[jax.Array]:
@@ -71,7 +147,9 @@ class Encoder(nn.Module):
         for i, features in enumerate(self.filters):
             if i > 0:
                 x = downsample(x)
-            x = ConvBlock(features, self.num_convs)(x, train=train)
+            normalized = self.norm_bottleneck or i < len(self.filters) - 1
+            norm = block_norm(self.norm, normalized)
+            x = ConvBlock(features, self.num_convs, norm, self.init_scheme)(x, train=train)
             levels.append(x)
         return levels
 
@@ -81,32 +159,76 @@ class UNet(nn.Module):
 
     filters: Sequence[int]
     num_convs: int = 3
+    norm: str = "paper"
+    init_scheme: str = "flax"
+    align_corners: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        levels = Encoder(self.filters, self.num_convs, name="encoder")(x, train=train)
+        levels = Encoder(self.filters, self.num_convs, self.norm, self.init_scheme, name="encoder")(
+            x, train=train
+        )
         x = levels[-1]
-        for skip, features in zip(levels[-2::-1], self.filters[-2::-1], strict=True):
-            x = jnp.concatenate([upsample_to(x, skip), skip], axis=-1)
-            x = ConvBlock(features, self.num_convs)(x, train=train)
+        for i, (skip, features) in enumerate(
+            zip(levels[-2::-1], self.filters[-2::-1], strict=True)
+        ):
+            up = upsample_to(x, skip, align_corners=self.align_corners)
+            norm = block_norm(self.norm, i < len(self.filters) - 2)  # Not the last block.
+            x = ConvBlock(features, self.num_convs, norm, self.init_scheme)(
+                jnp.concatenate([up, skip], axis=-1), train=train
+            )
         return x
 
 
-class LatentNet(nn.Module):
-    """Prior or posterior net: a U-Net encoder, the spatial mean, a 1×1 layer.
+def torch_default_init(fan_in: int) -> dict:
+    """PyTorch's default init of a layer: kernel and bias uniform in ±1/√fan_in."""
+    bound = 1.0 / np.sqrt(fan_in)
 
-    `[B, H, W, C] → [B, num_params]` raw parameters of the latent distribution.
+    def bias_init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+    return dict(kernel_init=kernel_init, bias_init=bias_init)
+
+
+class LatentNet(nn.Module):
+    """Prior or posterior net: a U-Net encoder, the spatial mean, 1×1 output layers.
+
+    `[B, H, W, C] → [B, Σ widths]` raw parameters of the latent distribution, the outputs of
+    the layers `(name, width)` of ``output_layers`` one after the other
+    (`distributions.LatentSpec.output_layers`).
     """
 
     filters: Sequence[int]
-    num_params: int
+    output_layers: Sequence[tuple[str, int]]
     num_convs: int = 3
+    norm: str = "paper"
+    init_scheme: str = "flax"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        bottleneck = Encoder(self.filters, self.num_convs, name="encoder")(x, train=train)[-1]
-        pooled = jnp.mean(bottleneck, axis=(1, 2))
-        return nn.Dense(self.num_params, name="latent_params")(pooled)
+        encoder = Encoder(
+            self.filters,
+            self.num_convs,
+            self.norm,
+            self.init_scheme,
+            norm_bottleneck=False,
+            name="encoder",
+        )
+        pooled = jnp.mean(encoder(x, train=train)[-1], axis=(1, 2))
+        outputs = [
+            nn.Dense(width, name=name, **self.inits(name))(pooled)
+            for name, width in self.output_layers
+        ]
+        return jnp.concatenate(outputs, axis=-1)
+
+    def inits(self, layer: str) -> dict:
+        """The initializers of output layer ``layer`` under ``init_scheme``."""
+        if self.init_scheme == "flax":
+            return {}
+        if layer == "mixture_logits":
+            return torch_default_init(self.filters[-1])
+        return dict(kernel_init=HE_NORMAL, bias_init=nn.initializers.normal(1.0))
 
 
 class Head(nn.Module):
@@ -115,34 +237,70 @@ class Head(nn.Module):
     `depth` 1×1 layers in all, ReLU between them, the last giving `num_classes` logits.
     The first layer on [features ⊕ z] is computed as W_f·features + W_z·z, which is the
     same map; `project` applies the per-image part once so that each sample of z only costs
-    `combine`.
+    `combine`. Under ``init_scheme`` 'authors' the joint first kernel [W_f; W_z] is one orthogonal
+    matrix (``latent_dim`` is the size of z).
     """
 
     features: int
     depth: int
     num_classes: int
+    latent_dim: int = 0
+    norm: str = "paper"
+    init_scheme: str = "flax"
 
     def setup(self):
         if self.depth < 1:
             raise ValueError(f"head depth must be >= 1, got {self.depth}.")
         width = self.features if self.depth > 1 else self.num_classes
-        self.feature_projection = nn.Dense(width, name="feature_projection")
-        self.latent_projection = nn.Dense(width, use_bias=False, name="latent_projection")
+        first_features, first_latent = self.first_layer_inits(width)
+        self.feature_projection = nn.Dense(width, name="feature_projection", **first_features)
+        self.latent_projection = nn.Dense(
+            width, use_bias=False, name="latent_projection", **first_latent
+        )
+        inits = dict(kernel_init=nn.initializers.orthogonal(), bias_init=SMALL_BIAS)
         self.layers = [
-            nn.Dense(self.features if i < self.depth - 2 else self.num_classes)
+            nn.Dense(
+                self.features if i < self.depth - 2 else self.num_classes,
+                **(inits if self.init_scheme == "authors" else {}),
+            )
             for i in range(self.depth - 1)
         ]
+        hidden = self.depth - 2 if self.norm == "authors" else 0
+        self.norms = [batch_norm() for _ in range(hidden)]
+
+    def first_layer_inits(self, width: int) -> tuple[dict, dict]:
+        """Initializers of the first layer's two parts: slices of one orthogonal
+        `[features + latent_dim, width]` matrix under ``init_scheme`` 'authors'."""
+        if self.init_scheme == "flax":
+            return {}, {}
+        shared = self.make_rng("params") if self.is_initializing() else None
+        rows = self.features + self.latent_dim
+
+        def part(start: int, stop: int):
+            def init(key, shape, dtype=jnp.float32):  # Flax also calls it to check shapes.
+                key = key if shared is None else shared
+                return nn.initializers.orthogonal()(key, (rows, width), dtype)[start:stop]
+
+            return init
+
+        return (
+            dict(kernel_init=part(0, self.features), bias_init=SMALL_BIAS),
+            dict(kernel_init=part(self.features, rows)),
+        )
 
     def project(self, features: jax.Array) -> jax.Array:
         """`[B, H, W, F] → [B, H, W, width]`: the per-image part of the first layer."""
         return self.feature_projection(features)
 
-    def combine(self, projected: jax.Array, z: jax.Array) -> jax.Array:
+    def combine(self, projected: jax.Array, z: jax.Array, *, train: bool = False) -> jax.Array:
         """Logits `[B, H, W, num_classes]` from projected features and z `[B, d]`."""
         x = projected + self.latent_projection(z)[:, None, None, :]
-        for layer in self.layers:
-            x = layer(nn.relu(x))
+        for i, layer in enumerate(self.layers):
+            x = nn.relu(x)
+            if i < len(self.norms):
+                x = self.norms[i](x, use_running_average=not train)
+            x = layer(x)
         return x
 
-    def __call__(self, features: jax.Array, z: jax.Array) -> jax.Array:
-        return self.combine(self.project(features), z)
+    def __call__(self, features: jax.Array, z: jax.Array, *, train: bool = False) -> jax.Array:
+        return self.combine(self.project(features), z, train=train)

@@ -8,6 +8,10 @@ best parameters on the test split), then writes the comparison of all of them to
 ``<root>/comparison`` (``reporting.compare``: Table 1 as Markdown and CSV, pairwise Wilcoxon
 signed-rank tests, Fig. 2-4 as PNG).
 
+Every variant keeps the base config's network and training fields: with
+``experiments/configs/authors.py`` the pipeline runs the authors' protocol. The evaluation
+names a model ``presets.model_name`` (e.g. 'aa (authors)') where this module evaluates it.
+
 Resumable: a variant whose ``<variant>/eval/summary.json`` exists is skipped, an interrupted
 one resumes from its latest checkpoint; the comparison is always rebuilt.
 """
@@ -56,7 +60,8 @@ def train_variant(config: ml_collections.ConfigDict, workdir: str) -> None:
     train.train_and_evaluate(config, workdir)
     if not is_evaluated(workdir):  # Training skipped its evaluation: do it here.
         config, _, variables = checkpointing.restore_best(workdir)
-        evaluation.evaluate_model(config, variables, workdir=workdir)
+        name = presets.model_name(config.model)
+        evaluation.evaluate_model(config, variables, workdir=workdir, model_name=name)
 
 
 def run(root: str, configs: dict[str, ml_collections.ConfigDict]) -> reporting.Comparison:

@@ -17,9 +17,23 @@ from __future__ import annotations
 
 import ml_collections
 
-from probunet_jax import distributions
+from probunet_jax import distributions, networks
 
 PAPER_FILTERS = (32, 64, 128, 512)
+# The network, latent layout and KL of the authors' code (ishaanb92/GeneralizedProbabilisticUNet,
+# scripts/train.py: unet_mode 'shallow' for LIDC, mc_samples=1000; README "Paper, code and this
+# project"); experiments/configs/authors.py uses it with their training settings.
+AUTHORS_NETWORK = dict(
+    filters=(32, 64, 128, 256),
+    convs_per_block=3,
+    head_depth=4,
+    norm="authors",
+    init_scheme="authors",
+    align_corners=True,
+    latent_layout="authors",
+    lr_parameterization="covariance",
+    kl_samples=1000,
+)
 # The model fields that define a variant's latent space; the others define the network and loss.
 LATENT_FIELDS = ("variant", "latent_kind", "latent_dim", "rank", "num_components", "temperature")
 
@@ -49,7 +63,12 @@ def model_config(variant: str = "mixture_fc", **overrides) -> ml_collections.Con
     Fields: variant, latent_kind ("aa" | "fc" | "lr"), latent_dim, rank, num_components
     (1 = no mixture), temperature, beta (KL weight), kl_samples (Monte Carlo KL samples for
     mixtures), filters (block widths, last = bottleneck), convs_per_block, head_depth (1×1
-    layers including the logits layer), num_classes (1 = binary, sigmoid).
+    layers including the logits layer), num_classes (1 = binary, sigmoid); the options that
+    follow the paper's text or the authors' code (``AUTHORS_NETWORK``): norm ('paper' |
+    'authors'), init_scheme ('flax' | 'authors'), align_corners (bilinear upsampling), latent_layout
+    ('compact' | 'authors') and lr_parameterization ('scale' | 'covariance'), see
+    `networks` and `distributions`; preset_name, the name of the settings (e.g. 'authors'),
+    shown with the variant in comparisons ('' for none, see :func:`model_name`).
 
     Overriding a latent field (``latent_dim``...) makes a custom latent: pass
     ``variant=CUSTOM`` for that (:func:`check_model_config` rejects a preset name whose latent
@@ -70,6 +89,12 @@ def model_config(variant: str = "mixture_fc", **overrides) -> ml_collections.Con
             convs_per_block=3,
             head_depth=4,
             num_classes=1,
+            norm="paper",
+            init_scheme="flax",
+            align_corners=False,
+            latent_layout="compact",
+            lr_parameterization="scale",
+            preset_name="",
         )
     )
     config.update(VARIANTS.get(variant, {}))
@@ -97,7 +122,15 @@ def latent_spec(model: ml_collections.ConfigDict) -> distributions.LatentSpec:
         num_components=model.num_components,
         rank=model.rank,
         temperature=model.temperature,
+        layout=model.latent_layout,
+        lr_parameterization=model.lr_parameterization,
     ).validate()
+
+
+def model_name(model: ml_collections.ConfigDict) -> str:
+    """The name of a model in summaries and comparisons: ``'<variant> (<preset_name>)'``, or
+    the variant alone when ``preset_name`` is empty."""
+    return f"{model.variant} ({model.preset_name})" if model.preset_name else model.variant
 
 
 def changed_latent_fields(model: ml_collections.ConfigDict, variant: str) -> list[str]:
@@ -122,6 +155,7 @@ def check_model_config(model: ml_collections.ConfigDict) -> None:
                 "for a latent of your own."
             )
     latent_spec(model)
+    networks.check_options(model.norm, model.init_scheme)
     if len(model.filters) < 1 or min(model.filters) < 1:
         raise ValueError(f"model.filters must be positive block widths, got {model.filters}.")
     for field in ("convs_per_block", "head_depth", "num_classes", "kl_samples"):

@@ -130,8 +130,19 @@ def learning_rate_schedule(train_config: ml_collections.ConfigDict) -> optax.Sch
 
 
 def make_optimizer(train_config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Adam with the configured learning rate (paper: 1e-4, constant) and schedule."""
-    return optax.adam(learning_rate_schedule(train_config))
+    """Adam with the configured learning rate (paper: 1e-4, constant) and schedule; with
+    ``train.l2_norm_penalty`` λ > 0 the gradient of λ·Σ‖W‖₂ over the prior and posterior nets
+    is added, with ``train.weight_decay`` wd > 0 Adam's coupled L2 wd·w (both as the authors'
+    code: ``loss + 1e-5 * reg_loss`` and ``torch.optim.Adam(weight_decay=1e-5)``)."""
+    adam = optax.adam(learning_rate_schedule(train_config))
+    penalty, decay = float(train_config.l2_norm_penalty), float(train_config.weight_decay)
+    if not penalty and not decay:
+        return adam
+    return optax.chain(
+        losses.add_penalty_gradient(lambda params: penalty * losses.latent_nets_norm(params)),
+        optax.add_decayed_weights(decay),
+        adam,
+    )
 
 
 def create_train_state(

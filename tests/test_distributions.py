@@ -16,6 +16,9 @@ SINGLE_SPECS = [
     LatentSpec("aa", 4),
     LatentSpec("fc", 3),
     LatentSpec("lr", 4, rank=2),
+    # The parameterizations of the authors' code: FC with separate log-scales, Σ = UUᵀ + D.
+    LatentSpec("fc", 3, layout="authors"),
+    LatentSpec("lr", 4, rank=2, layout="authors", lr_parameterization="covariance"),
 ]
 
 
@@ -33,10 +36,16 @@ def _numpy_covariance(raw, spec):
     for r in rest:
         if spec.kind == "aa":
             covs.append(np.diag((np.exp(r) + floor) ** 2))
+        elif spec.kind == "fc" and spec.layout == "authors":  # [log σ (d), matrix (d²)]
+            lower = np.tril(r[d:].reshape(d, d), -1) + np.diag(np.exp(r[:d]) + floor)
+            covs.append(lower @ lower.T)
         elif spec.kind == "fc":
             m = r.reshape(d, d)
             lower = np.tril(m, -1) + np.diag(np.exp(np.diag(m)) + floor)
             covs.append(lower @ lower.T)
+        elif spec.lr_parameterization == "covariance":  # torch's LowRankMultivariateNormal
+            u = r[d:].reshape(d, spec.rank)
+            covs.append(u @ u.T + np.diag(np.exp(r[:d]) + floor))
         else:
             s = np.exp(r[:d]) + floor
             u = r[d:].reshape(d, spec.rank)
@@ -58,7 +67,11 @@ def _numpy_kl(mq, cq, mp, cp):
     )
 
 
-@pytest.mark.parametrize("spec", SINGLE_SPECS, ids=lambda s: s.kind)
+def _ids(spec):
+    return f"{spec.kind}-{spec.layout}-{spec.lr_parameterization}"
+
+
+@pytest.mark.parametrize("spec", SINGLE_SPECS, ids=_ids)
 def test_covariance_matches_parameterization_and_is_positive_definite(spec):
     raw = _raw(spec)
     dist = make_latent_distribution(raw, spec)
@@ -73,8 +86,8 @@ def test_covariance_matches_parameterization_and_is_positive_definite(spec):
         np.testing.assert_allclose(lower @ np.swapaxes(lower, 1, 2), cov, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("spec_q", [s for s in SINGLE_SPECS if s.latent_dim == 4], ids=str)
-@pytest.mark.parametrize("spec_p", [s for s in SINGLE_SPECS if s.latent_dim == 4], ids=str)
+@pytest.mark.parametrize("spec_q", [s for s in SINGLE_SPECS if s.latent_dim == 4], ids=_ids)
+@pytest.mark.parametrize("spec_p", [s for s in SINGLE_SPECS if s.latent_dim == 4], ids=_ids)
 def test_closed_form_kl_matches_numpy_for_all_pairs(spec_q, spec_p):
     raw_q, raw_p = _raw(spec_q, seed=1), _raw(spec_p, seed=2)
     q = make_latent_distribution(raw_q, spec_q)
@@ -83,6 +96,45 @@ def test_closed_form_kl_matches_numpy_for_all_pairs(spec_q, spec_p):
     expected = [_numpy_kl(mq[i], cq[i], mp[i], cp[i]) for i in range(len(mq))]
     np.testing.assert_allclose(distributions.kl_divergence(q, p), expected, rtol=1e-3, atol=1e-4)
     assert np.all(np.asarray(distributions.kl_divergence(q, q)) < 1e-4)
+
+
+@pytest.mark.parametrize("spec", SINGLE_SPECS[3:], ids=_ids)
+def test_log_prob_of_the_authors_parameterizations_matches_numpy(spec):
+    raw = _raw(spec, seed=4)
+    dist = make_latent_distribution(raw, spec)
+    mean, cov = _numpy_covariance(raw, spec)
+    z = np.asarray(jax.random.normal(jax.random.key(5), mean.shape), np.float64)
+    expected = [
+        -0.5 * (diff @ np.linalg.solve(c, diff) + np.linalg.slogdet(2 * np.pi * c)[1])
+        for diff, c in zip(z - mean, cov, strict=True)
+    ]
+    np.testing.assert_allclose(dist.log_prob(z), expected, rtol=1e-4)
+
+
+def test_authors_layout_reads_each_output_layer():
+    # Mixture LR, N = 2, d = 3, rank 1: [μ, log σ] of both, then U of both, then the logits.
+    spec = LatentSpec("lr", 3, num_components=2, rank=1, layout="authors")
+    assert spec.output_layers == (
+        ("mean_log_scale", 12),
+        ("covariance", 6),
+        ("mixture_logits", 2),
+    )
+    raw = jnp.arange(20.0)[None] / 10
+    dist = make_latent_distribution(raw, spec)
+    np.testing.assert_allclose(
+        dist.components_distribution.mean()[0], [[0, 0.1, 0.2], [0.6, 0.7, 0.8]]
+    )
+    compact = np.concatenate([raw[0, 0:6], raw[0, 12:15], raw[0, 6:12], raw[0, 15:]])[None]
+    same = make_latent_distribution(jnp.asarray(compact), spec._replace(layout="compact"))
+    np.testing.assert_allclose(
+        dist.components_distribution.covariance(),
+        same.components_distribution.covariance(),
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(
+        dist.mixture_distribution.probs, jax.nn.softmax(raw[:, 18:]), rtol=1e-6
+    )
+    assert LatentSpec("fc", 2, layout="authors").num_params == LatentSpec("fc", 2).num_params + 2
 
 
 def _one_component_mixture(gaussian):
@@ -182,6 +234,8 @@ def test_distributions_pass_through_jit():
         (LatentSpec("aa", 3, num_components=0), "num_components"),
         (LatentSpec("aa", 3, num_components=2, temperature=0.0), "temperature"),
         (LatentSpec("aa", 0), "latent_dim"),
+        (LatentSpec("aa", 3, layout="torch"), "Unknown latent layout 'torch'"),
+        (LatentSpec("lr", 3, lr_parameterization="cov"), "Unknown lr_parameterization 'cov'"),
     ],
 )
 def test_bad_specs_raise(spec, message):
