@@ -42,7 +42,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
-from probunet_jax import calibration, data, metrics, reporting, sampling, sharding
+from probunet_jax import calibration, data, metrics, presets, reporting, sampling, sharding
 from probunet_jax import config as config_lib
 from probunet_jax import truth as truth_lib
 from probunet_jax.data import synthetic
@@ -398,7 +398,8 @@ def evaluate_model(
       key: sampling key (default ``jax.random.key(config.seed)``); results are a deterministic
         function of it, whatever the batch size.
       batch_size: images per batch (default ``config.eval.batch_size``).
-      model_name: the name in the summary and the comparison (default the variant name).
+      model_name: the name in the summary and the comparison (default
+        ``presets.model_name``: the variant, and its preset_name in brackets if set).
       model: the model of ``config.model`` if the caller has it already.
 
     Returns:
@@ -412,7 +413,7 @@ def evaluate_model(
     config_lib.check_eval_arguments(split, num_samples, batch_size, 1)
     num_samples, batch_size = int(num_samples), int(batch_size)
     key = jax.random.key(config.seed) if key is None else key
-    model_name = config.model.variant if model_name is None else model_name
+    model_name = presets.model_name(config.model) if model_name is None else model_name
     model = model_from_config(config.model) if model is None else model
     collected = _collect(config, model, variables, split, num_samples, batch_size, key)
     per_image, curves = collected.per_image, collected.reliability

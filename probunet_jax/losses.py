@@ -4,7 +4,6 @@ authors' code's extra λ·Σ‖W‖₂ over the prior and posterior nets, as a g
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -140,17 +139,3 @@ def latent_nets_norm(params: dict) -> jax.Array:
     kernels, biases and batch-norm scales and offsets alike)."""
     leaves = jax.tree.leaves([params[name] for name in LATENT_NETS])
     return sum(safe_norm(leaf) for leaf in leaves)
-
-
-def add_penalty_gradient(
-    penalty: Callable[[optax.Params], jax.Array],
-) -> optax.GradientTransformation:
-    """Adds the gradient of ``penalty(params)`` to the updates: the same step as adding the
-    penalty to the loss, without it appearing in the logged loss."""
-
-    def update(updates, state, params=None):
-        if params is None:
-            raise ValueError("add_penalty_gradient needs the params in optimizer.update.")
-        return jax.tree.map(jnp.add, updates, jax.grad(penalty)(params)), state
-
-    return optax.GradientTransformation(lambda _: optax.EmptyState(), update)

@@ -131,18 +131,11 @@ def learning_rate_schedule(train_config: ml_collections.ConfigDict) -> optax.Sch
 
 def make_optimizer(train_config: ml_collections.ConfigDict) -> optax.GradientTransformation:
     """Adam with the configured learning rate (paper: 1e-4, constant) and schedule; with
-    ``train.l2_norm_penalty`` λ > 0 the gradient of λ·Σ‖W‖₂ over the prior and posterior nets
-    is added, with ``train.weight_decay`` wd > 0 Adam's coupled L2 wd·w (both as the authors'
-    code: ``loss + 1e-5 * reg_loss`` and ``torch.optim.Adam(weight_decay=1e-5)``)."""
+    ``train.weight_decay`` wd > 0 Adam's coupled L2, wd·w added to every gradient (as
+    ``torch.optim.Adam(weight_decay=...)`` in the authors' code)."""
     adam = optax.adam(learning_rate_schedule(train_config))
-    penalty, decay = float(train_config.l2_norm_penalty), float(train_config.weight_decay)
-    if not penalty and not decay:
-        return adam
-    return optax.chain(
-        losses.add_penalty_gradient(lambda params: penalty * losses.latent_nets_norm(params)),
-        optax.add_decayed_weights(decay),
-        adam,
-    )
+    decay = float(train_config.weight_decay)
+    return optax.chain(optax.add_decayed_weights(decay), adam) if decay else adam
 
 
 def create_train_state(
@@ -194,7 +187,8 @@ def make_train_step(
     ``batch`` is ``{'image': [B, H, W, C], 'mask': [B, H, W]}`` sharded over ``'data'``; the state
     is replicated and donated (do not use the argument afterwards). The loss is the negative
     ELBO with β warmed up over ``train.kl_warmup_steps``, or with ``train.geco_target`` > 0
-    GECO's KL + λ·(reconstruction per pixel − target). ``metrics`` are scalars: ``loss``,
+    GECO's KL + λ·(reconstruction per pixel − target), plus ``train.l2_norm_penalty``·Σ‖W‖ over
+    the prior and posterior nets. ``metrics`` are scalars: ``loss``,
     ``reconstruction``, ``kl`` (batch means), ``grad_norm``, ``learning_rate`` and ``kl_weight``
     (β, or 1/λ under GECO).
     """
@@ -219,6 +213,9 @@ def make_train_step(
             loss, metrics = losses.elbo_loss(
                 output, batch["mask"], beta=weight, key=kl_key, kl_samples=kl_samples
             )
+            if tc.l2_norm_penalty:  # The authors' 1e-5·Σ‖W‖ over the prior and posterior nets.
+                penalty = tc.l2_norm_penalty * losses.latent_nets_norm(params)
+                loss, metrics = loss + penalty, dict(metrics, loss=metrics["loss"] + penalty)
             constraint = jnp.zeros(())
             if tc.geco_target > 0:
                 num_pixels = batch["mask"].shape[1] * batch["mask"].shape[2]
@@ -268,6 +265,7 @@ def make_eval_step(
     beta, kl_samples = float(config.model.beta), int(config.model.kl_samples)
     num_samples = int(config.train.validation_samples)
     num_classes = max(2, int(config.model.num_classes))
+    penalty = float(config.train.l2_norm_penalty)
 
     def eval_step(variables: dict, batch: dict, key: jax.Array) -> dict:
         latent_key, kl_key, sample_key = jax.random.split(key, 3)
@@ -291,6 +289,8 @@ def make_eval_step(
             name: jnp.sum(value * raters, axis=0) / jnp.sum(raters, axis=0)
             for name, value in terms.items()
         }
+        if penalty:  # In the validation loss too, as the authors' code has it.
+            per_image["loss"] += penalty * losses.latent_nets_norm(variables["params"])
         if num_samples:
             logits = sampling.decode_samples(
                 model, variables, features, prior, sample_key, num_samples

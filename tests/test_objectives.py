@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from probunet_jax import checkpointing, losses, train
+from probunet_jax import checkpointing, losses, sharding, train
 
 
 def test_kl_weight_ramps_linearly_then_stays():
@@ -59,3 +59,20 @@ def test_training_with_every_option_is_finite_and_logs_them(config, tmp_path):
     config.train.num_steps = 8
     with pytest.raises(ValueError, match="only with a constant learning rate schedule"):
         checkpointing.write_config(str(tmp_path / "run"), config)
+
+
+def test_l2_norm_penalty_is_in_the_training_loss(make_config):
+    losses_by_penalty = []
+    for penalty in (0.0, 0.5):
+        config = make_config(train=dict(l2_norm_penalty=penalty))
+        mesh = sharding.make_mesh()
+        model, optimizer, state = train.create_train_state(config, jax.random.key(0), (16, 16, 1))
+        norm = float(losses.latent_nets_norm(state.params))
+        step = train.make_train_step(model, optimizer, config, mesh)
+        batch = {
+            "image": np.full((4, 16, 16, 1), 0.5, np.float32),
+            "mask": np.zeros((4, 16, 16), np.uint8),
+        }
+        _, metrics = step(state, sharding.shard_batch(batch, mesh))
+        losses_by_penalty.append(float(metrics["loss"]))
+    np.testing.assert_allclose(losses_by_penalty[1] - losses_by_penalty[0], 0.5 * norm, rtol=1e-4)

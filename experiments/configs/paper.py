@@ -17,6 +17,7 @@ from probunet_jax import config
 def get_config(variant: str = "mixture_fc"):
     return config.get_config(
         variant,
+        model=dict(preset_name="paper"),
         data=dict(name="lidc", image_size=128),
         train=dict(
             batch_size=32,
