@@ -34,6 +34,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 
+from probunet_jax import config as config_lib
 from probunet_jax import model as model_lib
 
 CONFIG_FILE = "config.json"
@@ -87,12 +88,25 @@ def config_differences(
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config stored in ``workdir/config.json``."""
+    """The config stored in ``workdir/config.json``. Fields it lacks (it was written by an
+    older version) take the schema's defaults, which keep that version's behaviour; they are
+    logged."""
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} does not exist: {workdir!r} is not a training workdir.")
     with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+        stored = json.load(f)
+    defaults = _flatten(_as_json_tree(config_lib.get_config()))
+    missing = sorted(set(defaults) - set(_flatten(stored)))
+    for key in missing:
+        *parents, name = key.split(".")
+        node = stored
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[name] = defaults[key]
+    if missing:
+        logging.info("%s lacks %s: using their defaults.", path, ", ".join(missing))
+    return ml_collections.ConfigDict(stored)
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:

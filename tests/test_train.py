@@ -367,3 +367,14 @@ def test_epoch_intervals():
     assert train.steps_per_epoch(3, 16) == 1
     assert train.resolve_interval(config_lib.ONE_EPOCH, 64) == 64
     assert train.resolve_interval(10, 64) == 10
+
+
+def test_a_config_of_an_older_version_gets_the_missing_fields_defaults(config, tmp_path):
+    workdir = tmp_path / "old"
+    checkpointing.write_config(str(workdir), config)
+    stored = json.loads((workdir / "config.json").read_text())
+    del stored["train"]["schedule"], stored["model"]["norm"]
+    (workdir / "config.json").write_text(json.dumps(stored))
+    loaded = checkpointing.load_config(str(workdir))
+    assert (loaded.train.schedule, loaded.model.norm) == ("constant", "paper")
+    assert checkpointing.config_differences(loaded, config) == []
