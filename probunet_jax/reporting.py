@@ -369,15 +369,16 @@ def _mean(summary: Mapping, column: str) -> float:
 def ged_breakup_table(summary: Mapping) -> pd.DataFrame:
     """The GED and its terms (rows, labelled), model vs oracle (columns), from a summary.
 
-    The oracle's columns (synthetic data) are ``oracle_<term>``; E[d(Y, Y')] is shared.
+    The oracle's columns (synthetic data; no oracle column elsewhere) are ``oracle_<term>``;
+    E[d(Y, Y')] is shared.
     """
+    with_oracle = ORACLE_PREFIX + "ged" in summary.get("metrics", {})
     rows = {}
     for column in SCENARIO_COLUMNS[:4]:
         oracle = column if column == "annotation_diversity" else ORACLE_PREFIX + column
-        rows[metric_labels.label(column)] = {
-            "model": _mean(summary, column),
-            "oracle": _mean(summary, oracle),
-        }
+        rows[metric_labels.label(column)] = {"model": _mean(summary, column)}
+        if with_oracle:
+            rows[metric_labels.label(column)]["oracle"] = _mean(summary, oracle)
     return pd.DataFrame.from_dict(rows, orient="index")
 
 

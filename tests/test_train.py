@@ -335,7 +335,14 @@ def test_every_variant_takes_finite_steps(variant, make_config):
     step = train.make_train_step(model, optimizer, config, mesh)
     for i in range(2):
         state, metrics = step(state, sharding.shard_batch(random_batch(seed=i), mesh))
-        assert set(metrics) == {"loss", "reconstruction", "kl", "grad_norm"}
+        assert set(metrics) == {
+            "loss",
+            "reconstruction",
+            "kl",
+            "grad_norm",
+            "learning_rate",
+            "kl_weight",
+        }
         assert all(np.isfinite(float(v)) for v in metrics.values())
     assert int(state.step) == 2
     assert any(not np.array_equal(a, b) for a, b in zip(before, leaves(state.params), strict=True))
