@@ -12,8 +12,8 @@ from probunet_jax import data, train
 
 @pytest.mark.parametrize(
     "suffix, channels, num_classes, raters",
-    [(".png", 3, 2, (3,)), (".npy", 1, 3, (1, 7, 3))],
-    ids=["rgb-binary-3-raters", "3-class-1-to-7-raters"],
+    [(".png", 3, 2, (3,)), (".npy", 1, 3, (1, 7, 3)), (".nii.gz", 1, 2, (1,))],
+    ids=["png-rgb-binary-3-raters", "npy-3-class-1-to-7-raters", "nifti-binary-1-rater"],
 )
 def test_folder_data_trains_and_evaluates(
     make_config, tmp_path, suffix, channels, num_classes, raters
