@@ -14,6 +14,8 @@ call. Per batch of ``config.eval.batch_size`` images it
    annotation distribution (``truth.truth_metrics``) and the oracle: S fresh masks from each
    image's true annotation distribution (see :func:`oracle_samples`), its GED and its own
    truth columns (``oracle_*`` columns): the best scores attainable, the Monte Carlo floor,
+   and whether the latent carries the graders' choices: each annotation's posterior
+   reconstruction (:func:`posterior_masks`, ``truth.reconstruction_choice_accuracy``),
 5. adds up the pixel reliability bins over batches (``rater_pixel``, ``truth_pixel``,
    ``oracle_truth_pixel``); with the presence curves of the per-image columns they are the
    ``reliability`` curves of ``summary.json``.
@@ -90,6 +92,22 @@ def sample_batch(
 
     logits = jax.vmap(one_image)(images, keys)  # [B, S, H, W, C]
     return SampleBatch(sampling.logits_to_masks(logits), foreground_probs(logits))
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def posterior_masks(
+    model: ProbabilisticUNet, variables: dict, images: jax.Array, annotations: jax.Array
+) -> jax.Array:
+    """The posterior reconstruction of every annotation (``sampling.posterior_reconstruction``),
+    hard masks `[B, A, H, W]` uint8 from images `[B, H, W, C]` and annotations `[B, A, H, W]`."""
+    num_images, num_raters = annotations.shape[:2]
+    logits = sampling.posterior_reconstruction(
+        model,
+        variables,
+        jnp.repeat(images, num_raters, axis=0),
+        annotations.reshape(num_images * num_raters, *annotations.shape[2:]),
+    )
+    return sampling.logits_to_masks(logits).reshape(annotations.shape)
 
 
 class Placement(NamedTuple):
@@ -286,9 +304,12 @@ class _Oracle(NamedTuple):
     num_classes: int
 
 
-def _host_metrics(batch: Mapping, samples: SampleBatch, oracle: _Oracle | None) -> list:
+def _host_metrics(
+    batch: Mapping, samples: SampleBatch, oracle: _Oracle | None, reconstructions: np.ndarray
+) -> list:
     """The :class:`BatchMetrics` computed in numpy for the valid rows of a batch (``samples``
-    `[B, S, H, W]` already restricted to them): rater calibration; truth and oracle if given."""
+    `[B, S, H, W]` and the posterior ``reconstructions`` `[B, A, H, W]` already restricted to
+    them): rater calibration; truth, oracle and posterior choice accuracy if given an oracle."""
     valid = np.asarray(batch["valid"])
     if not valid.any():
         return []
@@ -301,6 +322,10 @@ def _host_metrics(batch: Mapping, samples: SampleBatch, oracle: _Oracle | None) 
         size, num_samples = annotations.shape[-1], samples.masks.shape[1]
         masks = oracle_samples(truth, indices, size, num_samples, oracle.key, oracle.num_classes)
         parts.append(truth_and_oracle(samples, masks, annotations, truth, oracle.num_classes))
+        accuracy = truth_lib.reconstruction_choice_accuracy(
+            reconstructions, annotations, truth, rater_valid
+        )
+        parts.append(BatchMetrics({"posterior_choice_accuracy": accuracy}, {}))
     return parts
 
 
@@ -356,7 +381,11 @@ def _collect(
         )
         _append(columns, {name: v[valid] for name, v in values.items()} | {"index": indices[valid]})
         samples = SampleBatch(*(np.asarray(x)[valid] for x in samples))
-        for part in _host_metrics(batch, samples, oracle):
+        reconstructions = None
+        if oracle is not None:
+            reconstructions = posterior_masks(model, placement.variables, images, annotations)
+            reconstructions = np.asarray(reconstructions)[valid]
+        for part in _host_metrics(batch, samples, oracle, reconstructions):
             _append(columns, part.columns)
             _append(bins, part.pixel_bins)
         if sum(len(k[-1]) for k in kept) < NUM_EXAMPLES:

@@ -41,6 +41,7 @@ LABELS: dict[str, MetricLabel] = {
     "presence_probability": MetricLabel("true presence probability", None),
     "presence_ece": MetricLabel("presence ECE", True),
     "mode_tvd": MetricLabel("mode TVD", True),
+    "posterior_choice_accuracy": MetricLabel("posterior choice accuracy", False),
 }
 
 

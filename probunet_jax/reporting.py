@@ -62,12 +62,14 @@ SCENARIO_COLUMNS = (
     "annotation_diversity",
     ORACLE_GED,
     "mode_tvd",
+    "posterior_choice_accuracy",
 )
 # The truth-metrics table of the comparison (means, ``presence_ece`` from the presence curve).
 TRUTH_COLUMNS = (
     "truth_ece",
     "truth_brier",
     "mode_tvd",
+    "posterior_choice_accuracy",
     "presence_ece",
     "rater_ece",
     "rater_brier",

@@ -33,6 +33,7 @@ TABLE_COLUMNS = (
     "truth_ece",
     "truth_brier",
     "mode_tvd",
+    "posterior_choice_accuracy",
     "presence_rate",
     "presence_probability",
     "ci_score",

@@ -27,6 +27,13 @@ Per-image columns ``[B]`` (float64) of :func:`truth_metrics`:
 * ``mode_tvd``: two-lesion images: the total variation distance ``1/2 sum_c |f_c - P(c)|``
   between the samples' choice frequencies ``f`` and the true ones, in [0, 1]; NaN elsewhere.
 
+:func:`reconstruction_choice_accuracy` (column ``posterior_choice_accuracy``) asks whether the
+latent carries the choice at all: the fraction of an image's annotations whose posterior
+reconstruction (the decoder at the posterior's representative z given that annotation) shows
+the annotation's own choice; NaN on empty images. A model whose samples miss modes but whose
+reconstructions are right has a prior that does not match its posterior; a model whose
+reconstructions are wrong cannot represent the choice in z at all.
+
 :func:`split_by_scenario` groups any per-image columns (e.g. the GED and its terms) by
 scenario; :func:`presence_reliability` bins the presence columns into a reliability curve.
 """
@@ -147,6 +154,28 @@ def truth_metrics(
         "mode_tvd": np.where(pair, total_variation(frequencies, probs), np.nan),
     }
     return TruthMetrics(columns, pixels.bins)
+
+
+def reconstruction_choice_accuracy(
+    reconstructions: np.ndarray,
+    annotations: np.ndarray,
+    truth: Mapping[str, np.ndarray],
+    annotation_valid: np.ndarray | None = None,
+) -> np.ndarray:
+    """``posterior_choice_accuracy`` ``[B]`` (module docstring): reconstructions and the
+    annotations they were given, ``[B, A, H, W]`` each, ``annotation_valid`` ``[B, A]`` (None:
+    all valid); NaN on empty images."""
+    reconstructions, annotations = np.asarray(reconstructions), np.asarray(annotations)
+    if reconstructions.shape != annotations.shape or reconstructions.ndim != 4:
+        raise ValueError(
+            "expected reconstructions and annotations of one shape [B, A, H, W], got "
+            f"{reconstructions.shape} and {annotations.shape}"
+        )
+    profiles = synthetic.lesion_profiles(truth, annotations.shape[-1])
+    same = detected_choices(reconstructions, profiles) == detected_choices(annotations, profiles)
+    valid = np.ones(same.shape, bool) if annotation_valid is None else np.asarray(annotation_valid)
+    accuracy = (same & valid).sum(axis=1) / np.maximum(valid.sum(axis=1), 1)
+    return np.where(np.asarray(truth["scenario"]) == synthetic.EMPTY, np.nan, accuracy)
 
 
 def split_by_scenario(per_image: Mapping[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:

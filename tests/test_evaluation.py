@@ -66,6 +66,7 @@ def test_writes_the_three_files_with_one_row_per_test_image(evaluated):
     assert list(loaded.per_image.index) == list(range(NUM_TEST))
     calibration_columns = {"rater_ece", "rater_brier", "ci_score", "max_dice"}
     truth_columns = {"scenario", "truth_ece", "truth_brier", "presence_rate", "mode_tvd"}
+    truth_columns.add("posterior_choice_accuracy")
     oracle_columns = {f"oracle_{c}" for c in evaluation.ORACLE_TRUTH_COLUMNS}
     expected = {*reporting.METRICS, reporting.ORACLE_GED, *calibration_columns, *truth_columns}
     assert expected | oracle_columns <= set(loaded.per_image.columns)

@@ -163,3 +163,24 @@ def test_presence_reliability_by_hand():
     np.testing.assert_allclose(curve.predicted, [0.125, 0.9])
     np.testing.assert_allclose(curve.observed, [0.1, 1.0])
     assert curve.ece == pytest.approx((0.05 + 0.1) / 3)
+
+
+def test_posterior_choice_accuracy_by_hand():
+    hand = _hand_truth()
+    profiles = synthetic.lesion_profiles(hand, SIZE)
+    levels = np.full((3, 4), 0.5, np.float32)
+    annotated = synthetic.render_masks(
+        profiles, np.array([[0] * 4, [1, 0, 1, 0], [1, 2, 3, 3]]), levels
+    )
+    # Reconstructions: right, right (single), and on the pair 'both' for every annotation.
+    shown = synthetic.render_masks(
+        profiles, np.array([[0] * 4, [1, 0, 1, 0], [3, 3, 3, 3]]), levels
+    )
+    accuracy = truth.reconstruction_choice_accuracy(shown, annotated, hand)
+    np.testing.assert_allclose(accuracy, [np.nan, 1.0, 0.5])
+    valid = np.array([[True] * 4, [True] * 4, [True, False, True, True]])
+    accuracy = truth.reconstruction_choice_accuracy(shown, annotated, hand, valid)
+    np.testing.assert_allclose(accuracy, [np.nan, 1.0, 2 / 3])
+    assert truth.reconstruction_choice_accuracy(np.zeros_like(shown), annotated, hand)[2] == 0.0
+    with pytest.raises(ValueError, match=r"\[B, A, H, W\]"):
+        truth.reconstruction_choice_accuracy(shown[:, :2], annotated, hand)
