@@ -90,36 +90,40 @@ class GecoState(NamedTuple):
     constraint_average: jax.Array
 
     @classmethod
-    def initial(cls) -> GecoState:
-        return cls(jnp.ones((), jnp.float32), jnp.zeros((), jnp.float32))
+    def initial(cls, target: float = 1.0, num_pixels: int = 1) -> GecoState:
+        """λ = κ·H·W: at the start GECO's gradient is the β = 1 ELBO's (see `geco_loss`)."""
+        return cls(jnp.asarray(target * num_pixels, jnp.float32), jnp.zeros((), jnp.float32))
 
 
 def geco_loss(
     metrics: dict[str, jax.Array], state: GecoState, target: float, num_pixels: int
 ) -> tuple[jax.Array, jax.Array]:
     """GECO (Rezende & Viola 2018; the hierarchical Probabilistic U-Net's training): minimise
-    the KL subject to a reconstruction constraint, loss = KL + λ·C with the constraint
-    C = reconstruction / pixels − ``target`` (mean cross-entropy per pixel, in nats).
+    the KL subject to a reconstruction constraint, loss = KL + λ·C with the relative constraint
+    C = reconstruction / (pixels · ``target``) − 1: how far the mean cross-entropy per pixel is
+    above the target κ (nats), as a fraction of κ. With λ = κ·pixels (`GecoState.initial`) the
+    gradient is that of reconstruction + KL; λ then grows while C > 0 and shrinks once the
+    target is met, and the effective KL weight is β = κ·pixels / λ.
 
     Args:
       metrics: batch means ``reconstruction`` (summed over pixels) and ``kl``.
       state: λ (treated as a constant) and the constraint's moving average.
-      target: κ, the mean per-pixel cross-entropy the reconstruction must reach.
+      target: κ > 0, the mean per-pixel cross-entropy the reconstruction must reach.
       num_pixels: H·W.
 
     Returns:
       The loss and the batch's constraint C.
     """
-    constraint = metrics["reconstruction"] / num_pixels - target
+    constraint = metrics["reconstruction"] / (num_pixels * target) - 1.0
     return metrics["kl"] + jax.lax.stop_gradient(state.multiplier) * constraint, constraint
 
 
 def geco_update(state: GecoState, constraint: jax.Array, *, rate: float, decay: float) -> GecoState:
     """λ ← λ·exp(rate·C̄) with C̄ the moving average (``decay``) of the constraint: λ grows
     while the reconstruction is worse than the target and shrinks once it is better (clipped
-    to [1e-6, 1e6])."""
+    to [1e-6, 1e9])."""
     average = decay * state.constraint_average + (1.0 - decay) * jax.lax.stop_gradient(constraint)
-    multiplier = jnp.clip(state.multiplier * jnp.exp(rate * average), 1e-6, 1e6)
+    multiplier = jnp.clip(state.multiplier * jnp.exp(rate * average), 1e-6, 1e9)
     return GecoState(multiplier, average)
 
 

@@ -164,7 +164,9 @@ def create_train_state(
             batch_stats=variables["batch_stats"],
             opt_state=optimizer.init(params),
             rng=jax.random.key_data(rng),
-            geco=losses.GecoState.initial(),
+            geco=losses.GecoState.initial(
+                config.train.geco_target, image_shape[0] * image_shape[1]
+            ),
         )
 
     out_shardings = None if mesh is None else NamedSharding(mesh, PartitionSpec())
@@ -187,10 +189,10 @@ def make_train_step(
     ``batch`` is ``{'image': [B, H, W, C], 'mask': [B, H, W]}`` sharded over ``'data'``; the state
     is replicated and donated (do not use the argument afterwards). The loss is the negative
     ELBO with β warmed up over ``train.kl_warmup_steps``, or with ``train.geco_target`` > 0
-    GECO's KL + λ·(reconstruction per pixel − target), plus ``train.l2_norm_penalty``·Σ‖W‖ over
+    GECO's KL + λ·(reconstruction per pixel / target − 1), plus ``train.l2_norm_penalty``·Σ‖W‖ over
     the prior and posterior nets. ``metrics`` are scalars: ``loss``,
     ``reconstruction``, ``kl`` (batch means), ``grad_norm``, ``learning_rate`` and ``kl_weight``
-    (β, or 1/λ under GECO).
+    (β, or κ·H·W/λ under GECO).
     """
     beta, kl_samples = float(config.model.beta), int(config.model.kl_samples)
     tc = config.train
@@ -198,6 +200,7 @@ def make_train_step(
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        num_pixels = batch["mask"].shape[1] * batch["mask"].shape[2]
         latent_key, kl_key = jax.random.split(key)
         weight = losses.kl_weight(beta, state.step, int(tc.kl_warmup_steps))
 
@@ -218,7 +221,6 @@ def make_train_step(
                 loss, metrics = loss + penalty, dict(metrics, loss=metrics["loss"] + penalty)
             constraint = jnp.zeros(())
             if tc.geco_target > 0:
-                num_pixels = batch["mask"].shape[1] * batch["mask"].shape[2]
                 loss, constraint = losses.geco_loss(metrics, state.geco, tc.geco_target, num_pixels)
             return loss, (metrics, constraint, updates["batch_stats"])
 
@@ -228,7 +230,7 @@ def make_train_step(
         geco = state.geco
         if tc.geco_target > 0:
             geco = losses.geco_update(geco, constraint, rate=tc.geco_rate, decay=tc.geco_decay)
-            weight = 1.0 / state.geco.multiplier
+            weight = tc.geco_target * num_pixels / state.geco.multiplier
         metrics = dict(
             metrics,
             grad_norm=optax.tree.norm(grads),

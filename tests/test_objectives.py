@@ -22,9 +22,20 @@ def test_geco_loss_is_kl_plus_multiplier_times_constraint_with_a_constant_multip
         return losses.geco_loss(metrics, state._replace(multiplier=multiplier), 0.1, 100)[0]
 
     value = loss(20.0, 5.0, 3.0)
-    np.testing.assert_allclose(value, 5.0 + 3.0 * (20.0 / 100 - 0.1), rtol=1e-6)
+    np.testing.assert_allclose(value, 5.0 + 3.0 * (20.0 / (100 * 0.1) - 1), rtol=1e-6)
     grads = jax.grad(loss, argnums=(0, 1, 2))(20.0, 5.0, 3.0)
-    np.testing.assert_allclose(grads, (3.0 / 100, 1.0, 0.0), rtol=1e-6)
+    np.testing.assert_allclose(grads, (3.0 / (100 * 0.1), 1.0, 0.0), rtol=1e-6)
+
+
+def test_geco_starts_as_the_beta_one_elbo():
+    state = losses.GecoState.initial(0.02, 64 * 64)
+
+    def geco(reconstruction, kl):
+        metrics = {"reconstruction": reconstruction, "kl": kl}
+        return losses.geco_loss(metrics, state, 0.02, 64 * 64)[0]
+
+    grads = jax.grad(geco, argnums=(0, 1))(90.0, 2.0)
+    np.testing.assert_allclose(grads, (1.0, 1.0), rtol=1e-6)
 
 
 def test_geco_multiplier_grows_while_the_constraint_is_violated_and_shrinks_after():
