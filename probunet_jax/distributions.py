@@ -22,17 +22,27 @@ means and log-scales of all components, then their covariance parameters (FC: a 
 which only the strict lower triangle is used, the diagonal being exp(log-scale) + floor, so d
 more outputs per component than 'compact'; LR: U), then the mixture logits.
 
+- a normalizing flow on top of any of these (``flow``: 'planar', 'radial' or 'coupling',
+  `probunet_jax.flows`): a `distrax.Transformed` whose parameters the net outputs after the
+  base's (amortized, per image). The posterior is the flow; the prior is its base family
+  unless ``prior_flow`` (a coupling flow only: the KL needs log p at the posterior's samples,
+  and planar and radial flows have no analytic inverse).
+
 `kl_divergence(q, p)` is KL(q‖p) per batch element: closed form for two single Gaussians,
-a Monte Carlo estimate with reparameterized samples of q when either is a mixture.
+a Monte Carlo estimate with reparameterized samples of q when either is a mixture or a flow
+(a flow's log q(z) on the forward path, log q₀(z₀) − Σ log|det J|).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import distrax
 import jax
 import jax.numpy as jnp
+
+from probunet_jax import flows
 
 LATENT_KINDS = ("aa", "fc", "lr")
 LAYOUTS = ("compact", "authors")
@@ -63,6 +73,10 @@ class LatentSpec(NamedTuple):
       temperature: Gumbel-Softmax temperature τ > 0 (mixtures only).
       layout: "compact" or "authors", the order of the raw outputs (module docstring).
       lr_parameterization: "scale" (S = diag(s) + U Uᵀ) or "covariance" (Σ = U Uᵀ + diag(s)).
+      flow: "none", or a normalizing flow on the base family: "planar", "radial", "coupling".
+      flow_layers: the flow's number of layers (>= 1 for a flow).
+      prior_flow: whether the prior is the same kind of flow too (coupling only); else the
+        prior is the base family (`prior_spec`).
     """
 
     kind: str = "aa"
@@ -72,6 +86,9 @@ class LatentSpec(NamedTuple):
     temperature: float = 0.5
     layout: str = "compact"
     lr_parameterization: str = "scale"
+    flow: str = "none"
+    flow_layers: int = 0
+    prior_flow: bool = False
 
     def validate(self) -> LatentSpec:
         """Returns self, or raises ValueError naming the bad field."""
@@ -95,7 +112,31 @@ class LatentSpec(NamedTuple):
                 f"Unknown lr_parameterization {self.lr_parameterization!r}; expected one of "
                 f"{LR_PARAMETERIZATIONS}."
             )
+        flows.check_flow(self.flow, self.flow_layers, self.latent_dim)
+        if self.prior_flow and self.flow not in flows.INVERTIBLE_FLOWS:
+            raise ValueError(
+                f"prior_flow needs an invertible flow {flows.INVERTIBLE_FLOWS}, got flow "
+                f"{self.flow!r}: KL(q‖p) evaluates log p(z) at the posterior's samples, and "
+                "planar and radial flows have no analytic inverse (their density is known only "
+                "on their own samples)."
+            )
         return self
+
+    @property
+    def prior_spec(self) -> LatentSpec:
+        """The prior's family: this one if ``prior_flow``, else its base family (no flow)."""
+        return self if self.prior_flow else self._replace(flow="none", flow_layers=0)
+
+    @property
+    def flow_params(self) -> int:
+        """Raw outputs of the flow (0 without one)."""
+        return flows.num_params(self.flow, self.latent_dim, self.flow_layers)
+
+    @property
+    def base_params(self) -> int:
+        """Raw outputs of the base family: components' parameters plus mixture logits."""
+        mixture_logits = self.num_components if self.num_components > 1 else 0
+        return self.num_components * self.params_per_component + mixture_logits
 
     @property
     def params_per_component(self) -> int:
@@ -128,13 +169,14 @@ class LatentSpec(NamedTuple):
             layers.append(("covariance", n * self.covariance_params))
         if n > 1:
             layers.append(("mixture_logits", n))
+        if self.flow_params:
+            layers.append(("flow", self.flow_params))
         return tuple(layers)
 
     @property
     def num_params(self) -> int:
-        """Number of raw outputs of the net: components' parameters plus mixture logits."""
-        mixture_logits = self.num_components if self.num_components > 1 else 0
-        return self.num_components * self.params_per_component + mixture_logits
+        """Number of raw outputs of the net: the base's (`base_params`), then the flow's."""
+        return self.base_params + self.flow_params
 
 
 def _positive(log_scale: jax.Array) -> jax.Array:
@@ -185,11 +227,12 @@ def make_latent_distribution(raw: jax.Array, spec: LatentSpec) -> distrax.Distri
     Args:
       raw: `[B, spec.num_params]` in the order of ``spec.layout``: 'compact', N blocks of
         component parameters followed by N mixture logits (for a mixture); 'authors', the
-        outputs of ``spec.output_layers`` one after the other.
+        outputs of ``spec.output_layers`` one after the other. A flow's parameters come last.
       spec: the distribution family.
 
     Returns:
-      A distribution with batch shape `[B]` and event shape `[d]`.
+      A distribution with batch shape `[B]` and event shape `[d]`: the base family, or a
+      `distrax.Transformed` of it for a flow.
     """
     spec.validate()
     if raw.ndim != 2 or raw.shape[-1] != spec.num_params:
@@ -197,10 +240,14 @@ def make_latent_distribution(raw: jax.Array, spec: LatentSpec) -> distrax.Distri
             f"Raw latent parameters must have shape [B, {spec.num_params}] for {spec}, "
             f"got {raw.shape}."
         )
-    params, logits = _components(raw, spec)
+    params, logits = _components(raw[:, : spec.base_params], spec)
     if spec.num_components == 1:
-        return _gaussian(params[:, 0], spec)
-    return GumbelSoftmaxMixture(logits, _gaussian(params, spec), spec.temperature)
+        base = _gaussian(params[:, 0], spec)
+    else:
+        base = GumbelSoftmaxMixture(logits, _gaussian(params, spec), spec.temperature)
+    if spec.flow == "none":
+        return base
+    return flows.transformed(base, raw[:, spec.base_params :], spec.flow, spec.flow_layers)
 
 
 class GumbelSoftmaxMixture(distrax.MixtureSameFamily):
@@ -266,23 +313,41 @@ def kl_divergence(
 
     Closed form when q and p are both single Gaussians; otherwise the Monte Carlo estimate
     mean_k [log q(z_k) − log p(z_k)] with z_k ~ q reparameterized (straight-through for a
-    `GumbelSoftmaxMixture`), which needs `key`.
+    `GumbelSoftmaxMixture`), which needs `key`. For a flow q, z_k = f(z₀ₖ) with z₀ₖ from its
+    base and log q(z_k) = log q₀(z₀ₖ) − log|det J_f(z₀ₖ)| (`sample_and_log_prob`'s forward
+    path: planar and radial flows have no inverse); a flow p must be invertible (coupling).
     """
     if q.event_shape != p.event_shape or q.batch_shape != p.batch_shape:
         raise ValueError(
             f"q and p must have the same batch and event shapes, got q: "
             f"{q.batch_shape}+{q.event_shape}, p: {p.batch_shape}+{p.event_shape}."
         )
-    if not (is_mixture(q) or is_mixture(p)):
+    if not (is_mixture(q) or is_mixture(p) or flows.is_flow(q) or flows.is_flow(p)):
         return q.kl_divergence(p)
+    if flows.is_flow(p) and not flows.has_inverse(p.bijector):
+        raise ValueError(
+            "KL(q‖p) needs log p(z) at q's samples, but p is a planar or radial flow, which has "
+            "no analytic inverse: make the prior its base family or a coupling flow."
+        )
     if key is None:
-        raise ValueError("kl_divergence needs a PRNG `key` when q or p is a mixture.")
+        raise ValueError("kl_divergence needs a PRNG `key` when q or p is a mixture or a flow.")
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
-    z = q.sample(seed=key, sample_shape=num_samples)  # [K, B, d]
+    if flows.is_flow(q):  # Base samples; z and log q(z) on the forward path, per chunk.
+        draws = q.distribution.sample(seed=key, sample_shape=num_samples)  # [K, B, d]
+        sample_and_log_prob = functools.partial(flows.forward_and_log_prob, q)
+    else:
+        draws = q.sample(seed=key, sample_shape=num_samples)  # [K, B, d]
+
+        def sample_and_log_prob(z):
+            return z, q.log_prob(z)
+
+    def log_ratio(draw):
+        z, log_q = sample_and_log_prob(draw)
+        return log_q - p.log_prob(z)
+
     # Log-densities of KL_CHUNK samples at a time: FC and LR log-densities are batched LAPACK
     # solves on CPU, and jaxlib 0.10's kernels can deadlock on a 2-core machine when large
     # batched solves run concurrently; chunks keep every call small (it costs nothing
     # measurable: the loop runs num_samples / KL_CHUNK times over tiny arrays).
-    log_ratio = jax.lax.map(lambda z_k: q.log_prob(z_k) - p.log_prob(z_k), z, batch_size=KL_CHUNK)
-    return jnp.mean(log_ratio, axis=0)
+    return jnp.mean(jax.lax.map(log_ratio, draws, batch_size=KL_CHUNK), axis=0)

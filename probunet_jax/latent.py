@@ -1,12 +1,15 @@
 """Latent-space analysis of a trained model: distributions, projections, decoded latents.
 
-:func:`latent_distributions` gives the prior p(z|x) of each image and the posteriors
-q(z|x,y) of its annotations as :class:`LatentParts` (mixture weights, component means and
-covariances, a single Gaussian being a 1-component mixture, and the representative z of
-:func:`probunet_jax.sampling.latent_mean`). :func:`projection` maps z to 2-D (identity for a
-2-D latent, else PCA of the component means). :func:`decode_latents` turns any z into masks
-for one image, so grids (:func:`latent_grid`), interpolations (:func:`interpolate`) and
-per-component samples (:func:`component_samples`) are decoded the way the sampler decodes.
+:func:`latent_distributions` gives the prior p(z|x) of each image and the posteriors q(z|x,y) of its
+annotations as :class:`LatentParts` (mixture weights, component means and covariances, a single
+Gaussian being a 1-component mixture, and the representative z of
+:func:`probunet_jax.sampling.latent_mean`). A flow latent (`probunet_jax.flows`) is not a mixture of
+Gaussians: its parts are its base's linearized through the flow, each component mean μ mapped to
+f(μ) and its covariance Σ to J Σ Jᵀ with J the flow's Jacobian at μ (a local picture; samples,
+:func:`component_samples`, show the exact shapes). :func:`projection` maps z to 2-D (identity for a
+2-D latent, else PCA of the component means). :func:`decode_latents` turns any z into masks for one
+image, so grids (:func:`latent_grid`), interpolations (:func:`interpolate`) and per-component
+samples (:func:`component_samples`) are decoded the way the sampler decodes.
 :mod:`probunet_jax.plots` draws the results.
 """
 
@@ -21,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from probunet_jax import distributions, sampling
+from probunet_jax import distributions, flows, sampling
 from probunet_jax.model import ProbabilisticUNet
 
 
@@ -45,6 +48,13 @@ class LatentParts(NamedTuple):
 def _as_parts(dist: distrax.Distribution) -> LatentParts:
     """The parts of a distribution of batch shape `[B]`, as jax arrays."""
     representative = sampling.latent_mean(dist)
+    if flows.is_flow(dist):  # The base's parts, linearized through the flow at each mean.
+        weights, means, covariances, _ = _as_parts(dist.distribution)
+        means = jnp.swapaxes(means, 0, 1)  # [N, B, d]: each point goes through its image's flow.
+        jac = jnp.swapaxes(flows.jacobian(dist, means), 0, 1)  # [B, N, d, d]
+        covariances = jac @ covariances @ jnp.swapaxes(jac, -1, -2)
+        means = jnp.swapaxes(flows.push_forward(dist, means), 0, 1)
+        return LatentParts(weights, means, covariances, representative)
     if distributions.is_mixture(dist):
         components, weights = dist.components_distribution, dist.mixture_distribution.probs
         return LatentParts(weights, components.mean(), components.covariance(), representative)
@@ -176,14 +186,19 @@ def component_samples(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Samples of each prior component of one image: masks `[N, S, H, W]`, weights `[N]`.
 
-    For a single Gaussian prior, N = 1 (its plain samples).
+    For a single Gaussian prior, N = 1 (its plain samples); for a flow prior, the samples of
+    each component of its base, pushed through the flow.
     """
     prior = model.apply(variables, jnp.asarray(image)[None], method=ProbabilisticUNet.prior)
-    if distributions.is_mixture(prior):
-        components = prior.components_distribution  # batch [1, N]
-        weights = np.asarray(prior.mixture_distribution.probs[0])
+    base = prior.distribution if flows.is_flow(prior) else prior
+    if distributions.is_mixture(base):
+        components = base.components_distribution  # batch [1, N]
+        weights = np.asarray(base.mixture_distribution.probs[0])
     else:
-        components, weights = prior, np.ones(1)
+        components, weights = base, np.ones(1)
     z = components.sample(seed=key, sample_shape=num_samples)  # [S, 1, N, d] or [S, 1, d]
+    z = z.reshape(num_samples, len(weights), 1, -1)  # [S, N, 1, d]: the image's batch axis last
+    if flows.is_flow(prior):
+        z = flows.push_forward(prior, z)
     z = np.asarray(z).reshape(num_samples, len(weights), -1)
     return decode_latents(model, variables, image, np.swapaxes(z, 0, 1)), weights

@@ -59,7 +59,8 @@ class ProbabilisticUNet(nn.Module):
 
     Attributes:
       filters: block widths from the top, the last is the bottleneck (paper: 32, 64, 128, 512).
-      latent: the family of the prior and posterior (`distributions.LatentSpec`).
+      latent: the family of the posterior (`distributions.LatentSpec`); the prior's is
+        ``latent.prior_spec`` (the same but for a flow of the posterior only).
       head_depth: number of 1×1 layers of the head, the logits layer included (paper: 4).
       num_classes: 1 for binary segmentation (sigmoid), else the number of classes (softmax).
       convs_per_block: 3×3 convolutions per block (paper: 3).
@@ -87,9 +88,12 @@ class ProbabilisticUNet(nn.Module):
         self.unet = UNet(
             self.filters, self.convs_per_block, align_corners=self.align_corners, **options
         )
-        layers = self.latent.output_layers
-        self.prior_net = LatentNet(self.filters, layers, self.convs_per_block, **options)
-        self.posterior_net = LatentNet(self.filters, layers, self.convs_per_block, **options)
+        prior_layers = self.latent.prior_spec.output_layers  # No flow unless latent.prior_flow.
+        posterior_layers = self.latent.output_layers
+        self.prior_net = LatentNet(self.filters, prior_layers, self.convs_per_block, **options)
+        self.posterior_net = LatentNet(
+            self.filters, posterior_layers, self.convs_per_block, **options
+        )
         self.head = Head(
             self.filters[0], self.head_depth, self.num_classes, self.latent.latent_dim, **options
         )
@@ -97,7 +101,7 @@ class ProbabilisticUNet(nn.Module):
     def prior(self, image: jax.Array, *, train: bool = False) -> distrax.Distribution:
         """p(z|x), batch shape `[B]`."""
         return distributions.make_latent_distribution(
-            self.prior_net(image, train=train), self.latent
+            self.prior_net(image, train=train), self.latent.prior_spec
         )
 
     def posterior(

@@ -11,6 +11,23 @@ Table 3 of Bhat et al. 2022 (LIDC-IDRI, β = 1 for all):
 
 The paper reports no tuned values for the low-rank ("FC-LR") variants of its code; `lr` and
 `mixture_lr` use latent dim 6 with rank 2, and the mixture the N and τ of `mixture_aa`.
+
+Normalizing-flow presets (`probunet_jax.flows`; no paper tunes them for this model, so each
+keeps the tuned base of Table 3 or of the flow's own paper, with 4 layers):
+
+| variant       | base | latent dim | flow     | layers | prior         |
+|---------------|------|-----------:|----------|-------:|---------------|
+| `flow_aa`     | AA   | 6          | planar   | 4      | AA (no flow)  |
+| `flow_fc`     | FC   | 2          | planar   | 4      | FC (no flow)  |
+| `coupling_fc` | FC   | 2          | coupling | 4      | FC + coupling |
+
+`flow_aa` is cFlow Net (Selvan et al. 2020; their code's defaults: an AA posterior of latent dim
+6 followed by 4 amortized planar layers, an AA prior, the KL by Monte Carlo). `flow_fc` puts the
+same flow on the FC base of Table 3 (latent dim 2, where the paper's FC is best and 4 planar
+layers can bend its ellipse into curved, multi-lobed shapes). `coupling_fc` is the invertible
+alternative, an affine coupling flow of 4 layers (each coordinate of the 2-D latent is
+transformed twice) on the prior as well as the posterior, so that both can leave the Gaussian
+family. The sweep searches the number of layers (`search.space`).
 """
 
 from __future__ import annotations
@@ -35,7 +52,17 @@ AUTHORS_NETWORK = dict(
     kl_samples=1000,
 )
 # The model fields that define a variant's latent space; the others define the network and loss.
-LATENT_FIELDS = ("variant", "latent_kind", "latent_dim", "rank", "num_components", "temperature")
+LATENT_FIELDS = (
+    "variant",
+    "latent_kind",
+    "latent_dim",
+    "rank",
+    "num_components",
+    "temperature",
+    "flow",
+    "flow_layers",
+    "prior_flow",
+)
 
 VARIANTS: dict[str, dict] = {
     "aa": dict(latent_kind="aa", latent_dim=6),
@@ -44,6 +71,11 @@ VARIANTS: dict[str, dict] = {
     "mixture_aa": dict(latent_kind="aa", latent_dim=4, num_components=5, temperature=0.36),
     "mixture_fc": dict(latent_kind="fc", latent_dim=2, num_components=9, temperature=0.28),
     "mixture_lr": dict(latent_kind="lr", latent_dim=6, rank=2, num_components=5, temperature=0.36),
+    "flow_aa": dict(latent_kind="aa", latent_dim=6, flow="planar", flow_layers=4),
+    "flow_fc": dict(latent_kind="fc", latent_dim=2, flow="planar", flow_layers=4),
+    "coupling_fc": dict(
+        latent_kind="fc", latent_dim=2, flow="coupling", flow_layers=4, prior_flow=True
+    ),
 }
 
 
@@ -60,15 +92,17 @@ def check_variant(variant: str, *, allow_custom: bool = False) -> None:
 def model_config(variant: str = "mixture_fc", **overrides) -> ml_collections.ConfigDict:
     """The model config of a paper variant (Table 3), with the paper's network, and overrides.
 
-    Fields: variant, latent_kind ("aa" | "fc" | "lr"), latent_dim, rank, num_components
-    (1 = no mixture), temperature, beta (KL weight), kl_samples (Monte Carlo KL samples for
-    mixtures), filters (block widths, last = bottleneck), convs_per_block, head_depth (1×1
-    layers including the logits layer), num_classes (1 = binary, sigmoid); the options that
-    follow the paper's text or the authors' code (``AUTHORS_NETWORK``): norm ('paper' |
-    'authors'), init_scheme ('flax' | 'authors'), align_corners (bilinear upsampling), latent_layout
-    ('compact' | 'authors') and lr_parameterization ('scale' | 'covariance'), see
-    `networks` and `distributions`; preset_name, the name of the settings (e.g. 'authors'),
-    shown with the variant in comparisons ('' for none, see :func:`model_name`).
+    Fields: variant, latent_kind ("aa" | "fc" | "lr"), latent_dim, rank, num_components (1 = no
+    mixture), temperature, flow ("none" | "planar" | "radial" | "coupling": a normalizing flow on
+    the posterior), flow_layers, prior_flow (the prior is the flow too: coupling only), beta (KL
+    weight), kl_samples (Monte Carlo KL samples for mixtures and flows), filters (block widths, last
+    = bottleneck), convs_per_block, head_depth (1×1 layers including the logits layer), num_classes
+    (1 = binary, sigmoid); the options that follow the paper's text or the authors' code
+    (``AUTHORS_NETWORK``): norm ('paper' | 'authors'), init_scheme ('flax' | 'authors'),
+    align_corners (bilinear upsampling), latent_layout ('compact' | 'authors') and
+    lr_parameterization ('scale' | 'covariance'), see `networks` and `distributions`; preset_name,
+    the name of the settings (e.g. 'authors'), shown with the variant in comparisons ('' for none,
+    see :func:`model_name`).
 
     Overriding a latent field (``latent_dim``...) makes a custom latent: pass
     ``variant=CUSTOM`` for that (:func:`check_model_config` rejects a preset name whose latent
@@ -83,6 +117,9 @@ def model_config(variant: str = "mixture_fc", **overrides) -> ml_collections.Con
             rank=1,
             num_components=1,
             temperature=0.5,
+            flow="none",
+            flow_layers=0,
+            prior_flow=False,
             beta=1.0,
             kl_samples=distributions.DEFAULT_KL_SAMPLES,
             filters=PAPER_FILTERS,
@@ -124,6 +161,9 @@ def latent_spec(model: ml_collections.ConfigDict) -> distributions.LatentSpec:
         temperature=model.temperature,
         layout=model.latent_layout,
         lr_parameterization=model.lr_parameterization,
+        flow=model.flow,
+        flow_layers=int(model.flow_layers),
+        prior_flow=bool(model.prior_flow),
     ).validate()
 
 

@@ -8,7 +8,7 @@ import distrax
 import jax
 import jax.numpy as jnp
 
-from probunet_jax import distributions
+from probunet_jax import distributions, flows
 from probunet_jax.model import ProbabilisticUNet
 
 
@@ -63,7 +63,10 @@ def sample_masks(
 
 def latent_mean(dist: distrax.Distribution) -> jax.Array:
     """A representative z `[B, d]`: the mean of a Gaussian; for a mixture, the mean of its
-    most probable component (the mixture's mean can fall between its modes)."""
+    most probable component (the mixture's mean can fall between its modes); for a flow, the
+    flow applied to its base's representative z."""
+    if flows.is_flow(dist):
+        return flows.push_forward(dist, latent_mean(dist.distribution))
     if not distributions.is_mixture(dist):
         return dist.mean()
     component = jnp.argmax(dist.mixture_distribution.logits, axis=-1)  # [B]

@@ -12,7 +12,7 @@ from probunet_jax.model import ProbabilisticUNet, init_variables, model_from_con
 SIZE, NUM_IMAGES, NUM_ANNOTATIONS = 16, 2, 3
 
 
-@pytest.fixture(scope="module", params=["mixture_fc", "fc"])
+@pytest.fixture(scope="module", params=["mixture_fc", "fc", "flow_fc"])
 def tiny(request):
     config = presets.model_config(request.param, filters=(4, 8), convs_per_block=1)
     model = model_from_config(config)

@@ -94,6 +94,8 @@ def test_ranges_and_params_only_where_used(variant):
         expected.add("rank")
     if preset.get("num_components", 1) > 1:
         expected |= {"num_components", "temperature"}
+    if preset.get("flow", "none") != "none":
+        expected.add("flow_layers")
     for p in points:
         assert set(p) == expected
         assert p["latent_dim"] in (2, 4, 6, 8) and p["beta"] in (1.0, 10.0, 100.0)
@@ -103,6 +105,8 @@ def test_ranges_and_params_only_where_used(variant):
         if "num_components" in p:
             assert 1 <= p["num_components"] <= 10 and type(p["num_components"]) is int
             assert 0.1 <= p["temperature"] <= 0.5 and type(p["temperature"]) is float
+        if "flow_layers" in p:
+            assert 1 <= p["flow_layers"] <= 8 and type(p["flow_layers"]) is int
     if "rank" in expected:  # The range is covered where latent dim allows it.
         assert {p["rank"] for p in points if p["latent_dim"] == 8} >= {1, 5}
 

@@ -7,6 +7,11 @@
 | rank                 | [1, 5]       | random (int)   | ``lr``, ``mixture_lr``; < latent dim |
 | mixture components N | [1, 10]      | random (int)   | ``mixture_*``                        |
 | temperature τ        | [0.1, 0.5]   | random (float) | ``mixture_*``                        |
+| flow layers          | [1, 8]       | random (int)   | the flows (``flow_*``, ``coupling_*``) |
+
+The flow layers are not in the paper (it has no flows): the range goes from one layer to twice
+the presets' 4 (cFlow Net's default; Selvan et al. 2020), beyond which a per-image amortized
+flow of a 2- to 8-D latent has more parameters than the conditioner's evidence supports.
 
 :func:`search_points` crosses the grid with ``num_random`` seeded draws of the variant's random
 hyperparameters per grid point (one point per grid point for ``aa`` and ``fc``, which have
@@ -34,6 +39,7 @@ class SearchSpace(NamedTuple):
     rank_range: tuple[int, int] = (1, 5)
     components_range: tuple[int, int] = (1, 10)
     temperature_range: tuple[float, float] = (0.1, 0.5)
+    flow_layers_range: tuple[int, int] = (1, 8)
 
 
 PAPER_SEARCH_SPACE = SearchSpace()
@@ -41,13 +47,15 @@ PAPER_SEARCH_SPACE = SearchSpace()
 
 def _random_names(variant: str) -> tuple[str, ...]:
     """The randomly searched model fields of a (known) variant: rank (low-rank kinds),
-    num_components and temperature (mixtures)."""
+    num_components and temperature (mixtures), flow_layers (flows)."""
     preset = presets.VARIANTS[variant]
     names = ()
     if preset["latent_kind"] == "lr":
         names += ("rank",)
     if preset.get("num_components", 1) > 1:
         names += ("num_components", "temperature")
+    if preset.get("flow", "none") != "none":
+        names += ("flow_layers",)
     return names
 
 
@@ -72,6 +80,7 @@ def check_space(space: SearchSpace) -> None:
     _check_range("rank_range", space.rank_range, 1)
     _check_range("components_range", space.components_range, 1)
     _check_range("temperature_range", space.temperature_range, 0)
+    _check_range("flow_layers_range", space.flow_layers_range, 1)
     if not space.temperature_range[0] > 0:
         raise ValueError(f"temperatures must be > 0, got {space.temperature_range}.")
 
@@ -103,6 +112,9 @@ def sample_random(
         low, high = space.components_range
         values["num_components"] = int(rng.integers(low, high + 1))
         values["temperature"] = round(float(rng.uniform(*space.temperature_range)), 3)
+    if "flow_layers" in names:
+        low, high = space.flow_layers_range
+        values["flow_layers"] = int(rng.integers(low, high + 1))
     return values
 
 
