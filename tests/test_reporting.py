@@ -54,6 +54,7 @@ def _per_image(rng, offset, indices, synthetic=True):
         "presence_rate": np.where(single, rng.random(n), np.nan),
         "presence_probability": np.where(single, rng.random(n), np.nan),
         "mode_tvd": np.where(pair, rng.random(n) + offset, np.nan),
+        "posterior_choice_accuracy": np.where(scenario != 0, rng.random(n), np.nan),
         "oracle_ged": np.full(n, 0.05),
         "oracle_truth_ece": np.full(n, 0.01),
         "oracle_truth_brier": np.full(n, 0.002),
@@ -267,7 +268,7 @@ def test_truth_metrics_table(models, tmp_path):
     np.testing.assert_allclose(oracle[["truth_ece", "mode_tvd", "ged_pair"]], [0.01, 0.1, 0.05])
     assert np.isfinite(oracle["presence_ece"]) and np.isnan(oracle["rater_ece"])
     markdown = (tmp_path / "cmp" / "truth_metrics.md").read_text()
-    assert "| model | ECE vs truth | Brier vs truth | mode TVD | presence ECE |" in markdown
+    assert "| model | ECE vs truth | Brier vs truth | mode TVD | posterior choice accuracy | presence ECE |" in markdown
     assert "| GED (pair) |" in markdown and "| oracle | 0.01 |" in markdown
     assert "| n/a |" in markdown and "nan" not in markdown  # The oracle has no rater columns.
 
