@@ -268,7 +268,8 @@ def test_truth_metrics_table(models, tmp_path):
     np.testing.assert_allclose(oracle[["truth_ece", "mode_tvd", "ged_pair"]], [0.01, 0.1, 0.05])
     assert np.isfinite(oracle["presence_ece"]) and np.isnan(oracle["rater_ece"])
     markdown = (tmp_path / "cmp" / "truth_metrics.md").read_text()
-    assert "| model | ECE vs truth | Brier vs truth | mode TVD | posterior choice accuracy | presence ECE |" in markdown
+    header = "| model | ECE vs truth | Brier vs truth | mode TVD | posterior choice accuracy |"
+    assert header + " presence ECE |" in markdown
     assert "| GED (pair) |" in markdown and "| oracle | 0.01 |" in markdown
     assert "| n/a |" in markdown and "nan" not in markdown  # The oracle has no rater columns.
 
@@ -278,7 +279,7 @@ def test_compare_without_truth_columns(tmp_path):
     for seed, workdir in enumerate(workdirs):
         _write(workdir, workdir.name, 0.0, seed, synthetic=False)
     result = reporting.compare(workdirs, tmp_path / "cmp")
-    assert list(result.truth_table.columns) == ["model", *reporting.TRUTH_COLUMNS[4:]]
+    assert list(result.truth_table.columns) == ["model", *reporting.TRUTH_COLUMNS[5:]]
     assert list(result.truth_table["model"]) == ["a", "b"]  # No oracle row.
     figures = {p.name for p in result.files if p.name.startswith("reliability")}
     assert figures == {"reliability_rater_pixel.png"}
