@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from probunet_jax import distributions, presets
+from probunet_jax import component_pruning, distributions, presets
 from probunet_jax.networks import Head, LatentNet, UNet, check_image, check_options
 
 
@@ -66,6 +66,9 @@ class ProbabilisticUNet(nn.Module):
       convs_per_block: 3×3 convolutions per block (paper: 3).
       norm, init_scheme, align_corners: the network options of `networks` (the paper's text:
         'paper', 'flax', False; the authors' code: 'authors', 'authors', True).
+      pruning: pruning of unused mixture components (`component_pruning`), None for none: its
+        state lives in ``batch_stats``, a training forward pass updates it, and the pruned
+        components are masked in the prior and the posterior.
     """
 
     filters: Sequence[int]
@@ -76,6 +79,7 @@ class ProbabilisticUNet(nn.Module):
     norm: str = "paper"
     init_scheme: str = "flax"
     align_corners: bool = False
+    pruning: component_pruning.PruningSpec | None = None
 
     def setup(self):
         self.latent.validate()
@@ -97,11 +101,23 @@ class ProbabilisticUNet(nn.Module):
         self.head = Head(
             self.filters[0], self.head_depth, self.num_classes, self.latent.latent_dim, **options
         )
+        if self.pruning is not None:
+            self.component_usage = component_pruning.ComponentUsage(
+                self.latent.num_components, self.pruning
+            )
+
+    def _masked(self, dist: distrax.Distribution) -> distrax.Distribution:
+        """``dist`` with the pruned mixture components masked (unchanged without pruning)."""
+        if self.pruning is None:
+            return dist
+        return component_pruning.mask_mixture(dist, self.component_usage())
 
     def prior(self, image: jax.Array, *, train: bool = False) -> distrax.Distribution:
         """p(z|x), batch shape `[B]`."""
-        return distributions.make_latent_distribution(
-            self.prior_net(image, train=train), self.latent.prior_spec
+        return self._masked(
+            distributions.make_latent_distribution(
+                self.prior_net(image, train=train), self.latent.prior_spec
+            )
         )
 
     def posterior(
@@ -115,8 +131,10 @@ class ProbabilisticUNet(nn.Module):
         else:
             mask_channels = jax.nn.one_hot(mask, self.num_classes, dtype=image.dtype)
         posterior_input = jnp.concatenate([image, mask_channels], axis=-1)
-        return distributions.make_latent_distribution(
-            self.posterior_net(posterior_input, train=train), self.latent
+        return self._masked(
+            distributions.make_latent_distribution(
+                self.posterior_net(posterior_input, train=train), self.latent
+            )
         )
 
     def features(self, image: jax.Array, *, train: bool = False) -> jax.Array:
@@ -134,9 +152,12 @@ class ProbabilisticUNet(nn.Module):
         return self.features(image, train=train), self.prior(image, train=train)
 
     def __call__(self, image: jax.Array, mask: jax.Array, *, train: bool) -> ModelOutput:
-        """The training forward pass: z ~ q(z|x,y) (rng stream "latent")."""
+        """The training forward pass: z ~ q(z|x,y) (rng stream "latent"); with ``train`` it
+        also advances the pruning state, if any (``batch_stats`` must be mutable)."""
         posterior = self.posterior(image, mask, train=train)
         prior = self.prior(image, train=train)
+        if train and self.pruning is not None:
+            self.component_usage.update(prior, posterior)
         z = posterior.sample(seed=self.make_rng("latent"))
         logits = self.decode(self.features(image, train=train), z, train=train)
         return ModelOutput(logits, prior, posterior)
@@ -153,6 +174,7 @@ def model_from_config(config: ml_collections.ConfigDict) -> ProbabilisticUNet:
         norm=config.norm,
         init_scheme=config.init_scheme,
         align_corners=config.align_corners,
+        pruning=component_pruning.spec_from_config(config),
     )
 
 

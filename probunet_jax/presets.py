@@ -28,13 +28,16 @@ layers can bend its ellipse into curved, multi-lobed shapes). `coupling_fc` is t
 alternative, an affine coupling flow of 4 layers (each coordinate of the 2-D latent is
 transformed twice) on the prior as well as the posterior, so that both can leave the Gaussian
 family. The sweep searches the number of layers (`search.space`).
+
+`mixture_fc_auto` (not in the paper) is Mixture-FC with N = 10 components, the search space's
+maximum, that learns how many it uses (`component_pruning`).
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-from probunet_jax import distributions, networks
+from probunet_jax import component_pruning, distributions, networks
 
 PAPER_FILTERS = (32, 64, 128, 512)
 # The network, latent layout and KL of the authors' code (ishaanb92/GeneralizedProbabilisticUNet,
@@ -63,6 +66,8 @@ LATENT_FIELDS = (
     "flow_layers",
     "prior_flow",
 )
+# A learned number of components (sparsity prior and pruning) is part of a variant's latent too.
+LATENT_FIELDS += component_pruning.CONFIG_FIELDS
 
 VARIANTS: dict[str, dict] = {
     "aa": dict(latent_kind="aa", latent_dim=6),
@@ -77,6 +82,16 @@ VARIANTS: dict[str, dict] = {
         latent_kind="fc", latent_dim=2, flow="coupling", flow_layers=4, prior_flow=True
     ),
 }
+# Mixture-FC that learns its number of components (component_pruning): N = 10, the search
+# space's maximum, a sparse Dirichlet prior on the aggregate weights, and pruning.
+VARIANTS["mixture_fc_auto"] = dict(
+    VARIANTS["mixture_fc"],
+    num_components=10,
+    sparsity_weight=1.0,
+    prune_threshold=0.02,
+    prune_patience=100,
+    prune_decay=0.99,
+)
 
 
 CUSTOM = "custom"  # model.variant of a latent configured by hand, not by a preset.
@@ -102,7 +117,9 @@ def model_config(variant: str = "mixture_fc", **overrides) -> ml_collections.Con
     align_corners (bilinear upsampling), latent_layout ('compact' | 'authors') and
     lr_parameterization ('scale' | 'covariance'), see `networks` and `distributions`; preset_name,
     the name of the settings (e.g. 'authors'), shown with the variant in comparisons ('' for none,
-    see :func:`model_name`).
+    see :func:`model_name`); a learned number of mixture components (`component_pruning`, 0 = off):
+    sparsity_weight (λ of the sparse Dirichlet prior on the aggregate weights), prune_threshold,
+    prune_patience and prune_decay (the moving average of the usage).
 
     Overriding a latent field (``latent_dim``...) makes a custom latent: pass
     ``variant=CUSTOM`` for that (:func:`check_model_config` rejects a preset name whose latent
@@ -132,6 +149,7 @@ def model_config(variant: str = "mixture_fc", **overrides) -> ml_collections.Con
             latent_layout="compact",
             lr_parameterization="scale",
             preset_name="",
+            **component_pruning.CONFIG_DEFAULTS,
         )
     )
     config.update(VARIANTS.get(variant, {}))
@@ -195,6 +213,7 @@ def check_model_config(model: ml_collections.ConfigDict) -> None:
                 "for a latent of your own."
             )
     latent_spec(model)
+    component_pruning.check_config(model)
     networks.check_options(model.norm, model.init_scheme)
     if len(model.filters) < 1 or min(model.filters) < 1:
         raise ValueError(f"model.filters must be positive block widths, got {model.filters}.")

@@ -34,7 +34,17 @@ import optax
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from probunet_jax import checkpointing, evaluation, losses, metrics, run_log, sampling, sharding
+from probunet_jax import (
+    checkpointing,
+    diagnostics,
+    evaluation,
+    losses,
+    metrics,
+    run_log,
+    sampling,
+    sharding,
+)
+from probunet_jax import component_pruning as pruning
 from probunet_jax import config as config_lib
 from probunet_jax import data as data_lib
 from probunet_jax.model import ModelOutput, ProbabilisticUNet, init_variables, model_from_config
@@ -190,11 +200,14 @@ def make_train_step(
     is replicated and donated (do not use the argument afterwards). The loss is the negative
     ELBO with β warmed up over ``train.kl_warmup_steps``, or with ``train.geco_target`` > 0
     GECO's KL + λ·(reconstruction per pixel / target − 1), plus ``train.l2_norm_penalty``·Σ‖W‖ over
-    the prior and posterior nets. ``metrics`` are scalars: ``loss``,
+    the prior and posterior nets, plus ``model.sparsity_weight``'s sparse Dirichlet prior on the
+    mixture weights (`component_pruning`). ``metrics`` are scalars: ``loss``,
     ``reconstruction``, ``kl`` (batch means), ``grad_norm``, ``learning_rate`` and ``kl_weight``
-    (β, or κ·H·W/λ under GECO).
+    (β, or κ·H·W/λ under GECO); ``sparsity`` (the prior's term) and ``components_active`` (the
+    components not pruned) where the model has them.
     """
     beta, kl_samples = float(config.model.beta), int(config.model.kl_samples)
+    sparsity = float(config.model.get("sparsity_weight", 0.0))
     tc = config.train
     schedule = learning_rate_schedule(tc)
 
@@ -222,6 +235,10 @@ def make_train_step(
             constraint = jnp.zeros(())
             if tc.geco_target > 0:
                 loss, constraint = losses.geco_loss(metrics, state.geco, tc.geco_target, num_pixels)
+            if sparsity:  # The sparse Dirichlet prior on the aggregate mixture weights.
+                penalty = pruning.sparsity_penalty(output.prior, output.posterior, sparsity)
+                loss = loss + penalty
+                metrics = dict(metrics, loss=metrics["loss"] + penalty, sparsity=penalty)
             return loss, (metrics, constraint, updates["batch_stats"])
 
         grads, (metrics, constraint, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
@@ -237,6 +254,9 @@ def make_train_step(
             learning_rate=schedule(state.step),
             kl_weight=weight,
         )
+        active = pruning.components_active(batch_stats)
+        if active is not None:
+            metrics["components_active"] = active
         state = TrainState(state.step + 1, params, batch_stats, opt_state, state.rng, geco)
         return state, metrics
 
@@ -260,9 +280,10 @@ def make_eval_step(
     Batch norm runs in inference mode, and the U-Net and the prior once per image. The loss of
     an image is its negative ELBO (z drawn from the posterior with ``key``) averaged over its A
     annotations; with ``config.train.validation_samples`` = S > 0 also its GED of S samples of
-    the prior against the annotations. Returns scalar sums over the valid images: ``loss``,
-    ``reconstruction``, ``kl``, (``ged``) and ``count``; divide by ``count`` after summing over
-    batches.
+    the prior against the annotations. Returns sums over the valid images: ``loss``,
+    ``reconstruction``, ``kl``, (``ged``), the latent diagnostics' ``latent/...``
+    (`diagnostics.validation_sums`, some of them vectors) and ``count``; divide by ``count``
+    after summing over batches (:func:`evaluate_validation`).
     """
     beta, kl_samples = float(config.model.beta), int(config.model.kl_samples)
     num_samples = int(config.train.validation_samples)
@@ -271,6 +292,7 @@ def make_eval_step(
 
     def eval_step(variables: dict, batch: dict, key: jax.Array) -> dict:
         latent_key, kl_key, sample_key = jax.random.split(key, 3)
+        diagnostics_key = jax.random.fold_in(key, 3)
         images = batch["image"]
         features, prior = model.apply(variables, images, method=model.features_and_prior)
 
@@ -279,13 +301,14 @@ def make_eval_step(
             z = posterior.sample(seed=latent_key)
             logits = model.apply(variables, features, z, method=model.decode)
             output = ModelOutput(logits, prior, posterior)
-            return losses.elbo_terms(output, masks, beta=beta, key=kl_key, kl_samples=kl_samples)
+            terms = losses.elbo_terms(output, masks, beta=beta, key=kl_key, kl_samples=kl_samples)
+            return terms, diagnostics.annotation_terms(posterior, prior, key=diagnostics_key)
 
         # One annotator at a time (a loop, not one batch of B * A): the batch of each call stays
         # that of eval.batch_size, which keeps jaxlib's CPU LAPACK kernels (the triangular
         # solves of the FC/LR latents) on their single-threaded path; their multi-threaded path
         # can deadlock XLA:CPU's thread pool when two run at once (jaxlib 0.10, 2 cores).
-        terms = jax.lax.map(one_annotation, jnp.moveaxis(batch["masks"], 1, 0))  # [A, B]
+        terms, latent = jax.lax.map(one_annotation, jnp.moveaxis(batch["masks"], 1, 0))  # [A, B]
         raters = batch["rater_valid"].T.astype(jnp.float32)  # [A, B]: padded raters weigh 0.
         per_image = {
             name: jnp.sum(value * raters, axis=0) / jnp.sum(raters, axis=0)
@@ -305,6 +328,7 @@ def make_eval_step(
             ).ged
         weight = batch["valid"].astype(jnp.float32)
         sums = {name: jnp.sum(value * weight) for name, value in per_image.items()}
+        sums.update(diagnostics.validation_sums(prior, latent, batch["rater_valid"], weight))
         return dict(sums, count=jnp.sum(weight))
 
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -317,14 +341,15 @@ def make_eval_step(
 
 
 def evaluate_validation(eval_step, variables: dict, batches, mesh: Mesh, key: jax.Array) -> dict:
-    """Means of the sums of ``eval_step`` (see :func:`make_eval_step`) over all valid images."""
+    """Means of the sums of ``eval_step`` (see :func:`make_eval_step`) over all valid images,
+    with the latent diagnostics' (`diagnostics.finish_validation`), as floats."""
     totals = None
     for batch in batches:
         sums = eval_step(variables, sharding.shard_batch(batch, mesh), key)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
     count = float(totals.pop("count"))
-    return {name: float(value) / count for name, value in totals.items()}
+    return diagnostics.finish_validation({name: v / count for name, v in totals.items()})
 
 
 # ----------------------------------------------------------------------------- the run
@@ -371,6 +396,8 @@ def _copy(tree: Any) -> Any:
 
 def _log_train(loop: _Loop, step: int, fetched: list[dict], progress: run_log.Progress) -> None:
     mean = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+    if "components_active" in mean:  # The count after the last step, not the interval's mean.
+        mean["components_active"] = fetched[-1]["components_active"]
     speed = progress.update(step)
     loop.writer.write(step, "train", {**mean, **speed})
     logging.info(
@@ -385,6 +412,8 @@ def _log_train(loop: _Loop, step: int, fetched: list[dict], progress: run_log.Pr
         speed["images_per_second"],
         run_log.format_duration(speed["eta_seconds"]),
     )
+    if "components_active" in mean:
+        logging.info("step %d: %d mixture components active", step, mean["components_active"])
 
 
 def _validate(loop: _Loop, state: TrainState, step: int, early: EarlyStopping):
@@ -478,9 +507,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     Returns:
       ``best_validation_<select_by>`` (the best value of the selection metric
       ``config.train.select_by``: ``best_validation_loss`` or ``best_validation_ged``),
-      ``best_step``, ``final_step``, ``stopped_early``, ``train_seconds`` and ``evaluation``
+      ``best_step``, ``final_step``, ``stopped_early``, ``train_seconds``, ``evaluation``
       (the summary of ``probunet_jax.evaluation.evaluate_model``, or None when
-      ``config.eval.num_samples`` is 0).
+      ``config.eval.num_samples`` is 0) and, for a model that prunes mixture components,
+      ``components_active`` (those left in the best parameters).
 
     Raises:
       ValueError: a bad config, or a workdir holding a run with a different config (nothing is
@@ -548,14 +578,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         early.best_value,
         early.best_step,
     )
-    return {
+    result = {
         f"best_validation_{tc.select_by}": early.best_value,
         "best_step": early.best_step,
         "final_step": final_step,
         "stopped_early": early.stopped,
         "train_seconds": train_seconds,
-        "evaluation": _final_evaluation(config, model, best, workdir),
     }
+    active = pruning.components_active(best["batch_stats"])
+    if active is not None:  # A learned number of components: that of the evaluated parameters.
+        result["components_active"] = int(jax.device_get(active))
+        line = (
+            f"{result['components_active']} of {config.model.num_components} mixture components "
+            f"in use (best step {early.best_step})"
+        )
+        logging.info(line)
+        if jax.process_index() == 0:
+            print(line, flush=True)
+    return dict(result, evaluation=_final_evaluation(config, model, best, workdir))
 
 
 def _resume(loop: _Loop, state: TrainState) -> tuple[TrainState, dict, EarlyStopping]:

@@ -13,6 +13,10 @@ The flow layers are not in the paper (it has no flows): the range goes from one 
 the presets' 4 (cFlow Net's default; Selvan et al. 2020), beyond which a per-image amortized
 flow of a 2- to 8-D latent has more parameters than the conditioner's evidence supports.
 
+A variant that learns its number of components (``mixture_fc_auto``, see
+``component_pruning``) is not searched over N: it always starts with the range's maximum
+(10) and prunes; only its temperature is drawn.
+
 :func:`search_points` crosses the grid with ``num_random`` seeded draws of the variant's random
 hyperparameters per grid point (one point per grid point for ``aa`` and ``fc``, which have
 none). :func:`trial_config` puts a point into a base config. A mixture drawing N = 1 is a single
@@ -27,8 +31,8 @@ from typing import Any, NamedTuple
 import ml_collections
 import numpy as np
 
+from probunet_jax import component_pruning, presets
 from probunet_jax import config as config_lib
-from probunet_jax import presets
 
 
 class SearchSpace(NamedTuple):
@@ -47,13 +51,15 @@ PAPER_SEARCH_SPACE = SearchSpace()
 
 def _random_names(variant: str) -> tuple[str, ...]:
     """The randomly searched model fields of a (known) variant: rank (low-rank kinds),
-    num_components and temperature (mixtures), flow_layers (flows)."""
+    num_components and temperature (mixtures; the temperature alone where the variant learns
+    its number of components), flow_layers (flows)."""
     preset = presets.VARIANTS[variant]
     names = ()
     if preset["latent_kind"] == "lr":
         names += ("rank",)
     if preset.get("num_components", 1) > 1:
-        names += ("num_components", "temperature")
+        learned = component_pruning.learns_components(preset)
+        names += ("temperature",) if learned else ("num_components", "temperature")
     if preset.get("flow", "none") != "none":
         names += ("flow_layers",)
     return names
@@ -111,6 +117,7 @@ def sample_random(
     if "num_components" in names:
         low, high = space.components_range
         values["num_components"] = int(rng.integers(low, high + 1))
+    if "temperature" in names:
         values["temperature"] = round(float(rng.uniform(*space.temperature_range)), 3)
     if "flow_layers" in names:
         low, high = space.flow_layers_range
@@ -133,7 +140,8 @@ def search_points(
     point; duplicate draws are dropped.
 
     Returns:
-      ``[{'latent_dim': int, 'beta': float, <the variant's random fields>}, ...]``.
+      ``[{'latent_dim': int, 'beta': float, <the variant's random fields>}, ...]``; a variant
+      that learns its number of components also gets ``num_components``, the range's maximum.
     """
     presets.check_variant(variant)
     check_space(space)
@@ -146,6 +154,8 @@ def search_points(
         for r in range(draws):
             rng = np.random.default_rng((seed, g, r))
             point = {"latent_dim": latent_dim, "beta": beta}
+            if component_pruning.learns_components(presets.VARIANTS[variant]):
+                point["num_components"] = int(space.components_range[1])
             point.update(sample_random(names, space, latent_dim, rng))
             key = tuple(sorted(point.items()))
             if key not in seen:
