@@ -8,6 +8,9 @@ covariances, a single Gaussian being a 1-component mixture, and the representati
 for one image, so grids (:func:`latent_grid`), interpolations (:func:`interpolate`) and
 per-component samples (:func:`component_samples`) are decoded the way the sampler decodes.
 :mod:`probunet_jax.plots` draws the results.
+
+All of it needs one global z per image: for the hierarchical model (latent maps at several
+scales, `probunet_jax.hierarchical`) these functions raise ValueError.
 """
 
 from __future__ import annotations
@@ -22,7 +25,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from probunet_jax import distributions, sampling
-from probunet_jax.model import ProbabilisticUNet
+from probunet_jax.model import ProbabilisticUNet, is_hierarchical
+
+
+def check_global_latent(model) -> None:
+    """Raises ValueError for the hierarchical model: this module's analysis needs one global
+    z per image."""
+    if is_hierarchical(model):
+        raise ValueError(
+            "Latent-space analysis needs one global latent z per image (model.latent_scales = "
+            f"0); this model has latent maps at {model.latent_scales} decoder scales (one "
+            f"{model.latent.latent_dim}-dimensional latent per position), which have no 2-D "
+            "projection, grid or decoding of a single z."
+        )
 
 
 class LatentParts(NamedTuple):
@@ -67,6 +82,7 @@ def latent_distributions(
 ) -> tuple[LatentParts, LatentParts]:
     """The prior of each image `[B, H, W, C]` and the posterior of each of its annotations
     `[B, A, H, W]`: `LatentParts` with batch `[B]` and `[B, A]`, float64 numpy."""
+    check_global_latent(model)
     prior, posteriors = _prior_and_posteriors(
         model, variables, jnp.asarray(images), jnp.asarray(annotations, jnp.int32)
     )
@@ -121,6 +137,7 @@ def decode_latents(
     model: ProbabilisticUNet, variables: dict, image: jax.Array, z: np.ndarray
 ) -> np.ndarray:
     """Masks `[..., H, W]` uint8 of one image `[H, W, C]` for each z `[..., d]`."""
+    check_global_latent(model)
     z = np.asarray(z, np.float32)
     flat = z.reshape(-1, z.shape[-1])
     masks = _decode(model, variables, jnp.asarray(image), jnp.asarray(flat))
@@ -178,6 +195,7 @@ def component_samples(
 
     For a single Gaussian prior, N = 1 (its plain samples).
     """
+    check_global_latent(model)
     prior = model.apply(variables, jnp.asarray(image)[None], method=ProbabilisticUNet.prior)
     if distributions.is_mixture(prior):
         components = prior.components_distribution  # batch [1, N]

@@ -11,6 +11,21 @@ Table 3 of Bhat et al. 2022 (LIDC-IDRI, β = 1 for all):
 
 The paper reports no tuned values for the low-rank ("FC-LR") variants of its code; `lr` and
 `mixture_lr` use latent dim 6 with rank 2, and the mixture the N and τ of `mixture_aa`.
+
+Hierarchical presets (``HIERARCHICAL_VARIANTS``, `probunet_jax.hierarchical`): latent maps at
+the ``latent_scales`` coarsest decoder scales, the latent dim being that of one position:
+
+| variant           | latent scales | latent dim per position | components N | temperature τ |
+|-------------------|--------------:|------------------------:|-------------:|--------------:|
+| `hier_aa`         | 2             | 1                       | –            | –             |
+| `hier_mixture_aa` | 2             | 4                       | 5            | 0.36          |
+
+`hier_aa` is HPU-Net's latent (AA, one dimension per position; Kohl et al. 2019);
+`hier_mixture_aa` puts Table 3's Mixture-AA at every position. Two scales are the two coarsest
+decoder scales of any 4-level network (the quick start's and the paper's: 1/8 and 1/4 of the
+image), which HPU-Net's latents (the coarse half of its decoder) resemble most. FC and LR work
+per position too (``variant='custom'``), but not as CPU presets: their batched LAPACK solves
+over every position deadlock jaxlib 0.10's CPU thread pool (README, "Hierarchical latents").
 """
 
 from __future__ import annotations
@@ -35,7 +50,15 @@ AUTHORS_NETWORK = dict(
     kl_samples=1000,
 )
 # The model fields that define a variant's latent space; the others define the network and loss.
-LATENT_FIELDS = ("variant", "latent_kind", "latent_dim", "rank", "num_components", "temperature")
+LATENT_FIELDS = (
+    "variant",
+    "latent_kind",
+    "latent_dim",
+    "rank",
+    "num_components",
+    "temperature",
+    "latent_scales",
+)
 
 VARIANTS: dict[str, dict] = {
     "aa": dict(latent_kind="aa", latent_dim=6),
@@ -45,6 +68,16 @@ VARIANTS: dict[str, dict] = {
     "mixture_fc": dict(latent_kind="fc", latent_dim=2, num_components=9, temperature=0.28),
     "mixture_lr": dict(latent_kind="lr", latent_dim=6, rank=2, num_components=5, temperature=0.36),
 }
+# Latent maps at `latent_scales` decoder scales (`probunet_jax.hierarchical`); latent_dim per
+# position.
+HIERARCHICAL_VARIANTS: dict[str, dict] = {
+    "hier_aa": dict(latent_kind="aa", latent_dim=1, latent_scales=2),
+    "hier_mixture_aa": dict(
+        latent_kind="aa", latent_dim=4, num_components=5, temperature=0.36, latent_scales=2
+    ),
+}
+# Every preset: what a variant name may be.
+ALL_VARIANTS: dict[str, dict] = {**VARIANTS, **HIERARCHICAL_VARIANTS}
 
 
 CUSTOM = "custom"  # model.variant of a latent configured by hand, not by a preset.
@@ -52,7 +85,7 @@ CUSTOM = "custom"  # model.variant of a latent configured by hand, not by a pres
 
 def check_variant(variant: str, *, allow_custom: bool = False) -> None:
     """Raises ValueError for a name that is not a preset (or ``CUSTOM`` where allowed)."""
-    known = [*VARIANTS, CUSTOM] if allow_custom else list(VARIANTS)
+    known = [*ALL_VARIANTS, CUSTOM] if allow_custom else list(ALL_VARIANTS)
     if variant not in known:
         raise ValueError(f"Unknown model variant {variant!r}; expected one of {known}.")
 
@@ -61,9 +94,11 @@ def model_config(variant: str = "mixture_fc", **overrides) -> ml_collections.Con
     """The model config of a paper variant (Table 3), with the paper's network, and overrides.
 
     Fields: variant, latent_kind ("aa" | "fc" | "lr"), latent_dim, rank, num_components
-    (1 = no mixture), temperature, beta (KL weight), kl_samples (Monte Carlo KL samples for
-    mixtures), filters (block widths, last = bottleneck), convs_per_block, head_depth (1×1
-    layers including the logits layer), num_classes (1 = binary, sigmoid); the options that
+    (1 = no mixture), temperature, latent_scales (0: one global latent; L > 0: latent maps at
+    the L coarsest decoder scales, `probunet_jax.hierarchical`, latent_dim per position),
+    beta (KL weight), kl_samples (Monte Carlo KL samples for mixtures), filters (block widths,
+    last = bottleneck), convs_per_block, head_depth (1×1 layers including the logits layer; the
+    hierarchical model has one logits layer), num_classes (1 = binary, sigmoid); the options that
     follow the paper's text or the authors' code (``AUTHORS_NETWORK``): norm ('paper' |
     'authors'), init_scheme ('flax' | 'authors'), align_corners (bilinear upsampling), latent_layout
     ('compact' | 'authors') and lr_parameterization ('scale' | 'covariance'), see
@@ -83,6 +118,7 @@ def model_config(variant: str = "mixture_fc", **overrides) -> ml_collections.Con
             rank=1,
             num_components=1,
             temperature=0.5,
+            latent_scales=0,
             beta=1.0,
             kl_samples=distributions.DEFAULT_KL_SAMPLES,
             filters=PAPER_FILTERS,
@@ -97,7 +133,7 @@ def model_config(variant: str = "mixture_fc", **overrides) -> ml_collections.Con
             preset_name="",
         )
     )
-    config.update(VARIANTS.get(variant, {}))
+    config.update(ALL_VARIANTS.get(variant, {}))
     for key in overrides:
         if key not in config:
             raise ValueError(f"Unknown model config key {key!r}; known keys: {sorted(config)}.")
@@ -161,5 +197,12 @@ def check_model_config(model: ml_collections.ConfigDict) -> None:
     for field in ("convs_per_block", "head_depth", "num_classes", "kl_samples"):
         if int(model[field]) < 1:
             raise ValueError(f"model.{field} must be >= 1, got {model[field]}.")
+    scales, levels = int(model.latent_scales), len(model.filters)
+    if not 0 <= scales <= levels - 1:
+        raise ValueError(
+            f"model.latent_scales must be 0 (one global latent) or 1 to len(model.filters) - 1 "
+            f"= {levels - 1} (latent maps at the coarsest decoder scales of the {levels} levels "
+            f"of model.filters {tuple(model.filters)}), got {scales}."
+        )
     if not model.beta >= 0:
         raise ValueError(f"model.beta must be >= 0, got {model.beta}.")
