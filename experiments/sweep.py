@@ -13,9 +13,12 @@
 
 The grid latent dim {2, 4, 6, 8} × β {1, 10, 100} is crossed with --num_random seeded draws of
 the variant's rank [1, 5] (low-rank variants, rank < latent dim), mixture components [1, 10]
-and temperature [0.1, 0.5] (mixtures). Every trial trains ``--base_config`` (fields can be
-overridden: ``--base_config.train.num_steps=2000``) with its model values; its best checkpoint
-is evaluated on the validation split, and the winner has the lowest validation GED
+and temperature [0.1, 0.5] (mixtures). The hierarchical variants (``hier_*``) search their latent
+dim per position on the grid {1, 2, 4} (--position_latent_dims) and draw their latent scales
+from [1, 3] (--latent_scales, cut to the base network's levels − 1). Every trial trains
+``--base_config`` (fields can be overridden: ``--base_config.train.num_steps=2000``) with its
+model values; its best checkpoint is evaluated on the validation split, and the winner has the
+lowest validation GED
 (``--select_by=loss``: the lowest validation loss, which cannot compare different β; see
 ``probunet_jax.search.selection``). Writes ``root/trials.csv``, ``root/trials.json``,
 ``root/best.json`` and ``root/best_config.py``.
@@ -36,7 +39,7 @@ _BASE_CONFIG = config_flags.DEFINE_config_file(
     "experiments/configs/default.py",
     "Config file of the base training config; every trial overrides its model fields.",
 )
-_VARIANT = flags.DEFINE_enum("variant", "mixture_fc", list(presets.VARIANTS), "Model variant.")
+_VARIANT = flags.DEFINE_enum("variant", "mixture_fc", list(presets.ALL_VARIANTS), "Model variant.")
 _ROOT = flags.DEFINE_string("root", None, "Folder of the sweep (trials, tables, best config).")
 _BACKEND = flags.DEFINE_enum("backend", "local", list(search.BACKENDS), "Where trials run.")
 _SELECT_BY = flags.DEFINE_enum(
@@ -51,6 +54,12 @@ _NUM_RANDOM = flags.DEFINE_integer(
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random draws.")
 _LATENT_DIMS = flags.DEFINE_list("latent_dims", ["2", "4", "6", "8"], "Latent dimension grid.")
 _BETAS = flags.DEFINE_list("betas", ["1", "10", "100"], "β (KL weight) grid.")
+_POSITION_LATENT_DIMS = flags.DEFINE_list(
+    "position_latent_dims", ["1", "2", "4"], "Hierarchical variants: latent dim per position grid."
+)
+_LATENT_SCALES = flags.DEFINE_list(
+    "latent_scales", ["1", "3"], "Hierarchical variants: latent scales range (low, high)."
+)
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "List the trials and exit.")
 _RAY_ADDRESS = flags.DEFINE_string("ray_address", None, "Ray cluster ('auto'); unset: local.")
 _CHUNK_STEPS = flags.DEFINE_integer(
@@ -71,6 +80,8 @@ def main(argv: Sequence[str]) -> None:
         space=search.SearchSpace(
             latent_dims=tuple(int(d) for d in _LATENT_DIMS.value),
             betas=tuple(float(b) for b in _BETAS.value),
+            position_latent_dims=tuple(int(d) for d in _POSITION_LATENT_DIMS.value),
+            latent_scales_range=tuple(int(s) for s in _LATENT_SCALES.value),
         ),
         num_random=_NUM_RANDOM.value,
         seed=_SEED.value,

@@ -9,7 +9,8 @@ Layout::
 
     seed                      the run's seed (initialization, latent and KL sampling, evaluation)
     model                     presets.model_config(variant): latent family, Table 3 values, network
-                              (model.variant 'custom': latent fields set by hand, not a preset)
+                              (model.variant 'custom': latent fields set by hand, not a preset;
+                              model.latent_scales > 0: hierarchical latents, hierarchical.py)
     data                      probunet_jax.data.default_data_config(): data set and input pipeline
     train.batch_size          global batch size (divided over processes and devices)
     train.learning_rate       Adam's step size (paper: 1e-4)

@@ -11,6 +11,9 @@ f(μ) and its covariance Σ to J Σ Jᵀ with J the flow's Jacobian at μ (a loc
 image, so grids (:func:`latent_grid`), interpolations (:func:`interpolate`) and per-component
 samples (:func:`component_samples`) are decoded the way the sampler decodes.
 :mod:`probunet_jax.plots` draws the results.
+
+All of it needs one global z per image: for the hierarchical model (latent maps at several
+scales, `probunet_jax.hierarchical`) these functions raise ValueError.
 """
 
 from __future__ import annotations
@@ -25,7 +28,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from probunet_jax import distributions, flows, sampling
-from probunet_jax.model import ProbabilisticUNet
+from probunet_jax.model import ProbabilisticUNet, is_hierarchical
+
+
+def check_global_latent(model) -> None:
+    """Raises ValueError for the hierarchical model: this module's analysis needs one global
+    z per image."""
+    if is_hierarchical(model):
+        raise ValueError(
+            "Latent-space analysis needs one global latent z per image (model.latent_scales = "
+            f"0); this model has latent maps at {model.latent_scales} decoder scales (one "
+            f"{model.latent.latent_dim}-dimensional latent per position), which have no 2-D "
+            "projection, grid or decoding of a single z."
+        )
 
 
 class LatentParts(NamedTuple):
@@ -77,6 +92,7 @@ def latent_distributions(
 ) -> tuple[LatentParts, LatentParts]:
     """The prior of each image `[B, H, W, C]` and the posterior of each of its annotations
     `[B, A, H, W]`: `LatentParts` with batch `[B]` and `[B, A]`, float64 numpy."""
+    check_global_latent(model)
     prior, posteriors = _prior_and_posteriors(
         model, variables, jnp.asarray(images), jnp.asarray(annotations, jnp.int32)
     )
@@ -131,6 +147,7 @@ def decode_latents(
     model: ProbabilisticUNet, variables: dict, image: jax.Array, z: np.ndarray
 ) -> np.ndarray:
     """Masks `[..., H, W]` uint8 of one image `[H, W, C]` for each z `[..., d]`."""
+    check_global_latent(model)
     z = np.asarray(z, np.float32)
     flat = z.reshape(-1, z.shape[-1])
     masks = _decode(model, variables, jnp.asarray(image), jnp.asarray(flat))
@@ -189,6 +206,7 @@ def component_samples(
     For a single Gaussian prior, N = 1 (its plain samples); for a flow prior, the samples of
     each component of its base, pushed through the flow.
     """
+    check_global_latent(model)
     prior = model.apply(variables, jnp.asarray(image)[None], method=ProbabilisticUNet.prior)
     base = prior.distribution if flows.is_flow(prior) else prior
     if distributions.is_mixture(base):

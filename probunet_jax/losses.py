@@ -32,6 +32,34 @@ def pixel_cross_entropy(logits: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.sum(per_pixel, axis=(1, 2))
 
 
+def kl_terms(
+    output: ModelOutput,
+    *,
+    key: jax.Array | None = None,
+    num_samples: int = distributions.DEFAULT_KL_SAMPLES,
+) -> dict[str, jax.Array]:
+    """KL(q‖p) of each example, `[B]`, under ``kl`` (`distributions.kl_divergence`: closed
+    form, or Monte Carlo with ``num_samples`` samples and ``key`` for mixtures).
+
+    For hierarchical latents (``output.posterior`` and ``output.prior`` tuples of per-scale
+    distributions over the flattened positions, `hierarchical.HierarchicalProbUNet`) also the
+    KL of each scale i summed over its positions, ``kl/scale_i`` (key ``fold_in(key, i)``);
+    ``kl`` is their sum.
+    """
+    if not isinstance(output.posterior, tuple):
+        kl = distributions.kl_divergence(
+            output.posterior, output.prior, key=key, num_samples=num_samples
+        )
+        return {"kl": kl}
+    batch = output.logits.shape[0]
+    scales = {}
+    for i, (q, p) in enumerate(zip(output.posterior, output.prior, strict=True)):
+        scale_key = None if key is None else jax.random.fold_in(key, i)
+        kl = distributions.kl_divergence(q, p, key=scale_key, num_samples=num_samples)
+        scales[f"kl/scale_{i}"] = jnp.sum(kl.reshape(batch, -1), axis=1)
+    return {"kl": sum(scales.values()), **scales}
+
+
 def elbo_terms(
     output: ModelOutput,
     mask: jax.Array,
@@ -41,7 +69,8 @@ def elbo_terms(
     kl_samples: int = distributions.DEFAULT_KL_SAMPLES,
 ) -> dict[str, jax.Array]:
     """The negative ELBO of each example: ``reconstruction`` (pixel cross-entropy summed over
-    pixels), ``kl`` (KL(q‖p), closed form or Monte Carlo) and ``loss`` = reconstruction + β·kl,
+    pixels), ``kl`` (KL(q‖p), closed form or Monte Carlo; for hierarchical latents the sum over
+    scales, each also under ``kl/scale_i``: `kl_terms`) and ``loss`` = reconstruction + β·kl,
     each `[B]`.
 
     Args:
@@ -52,10 +81,8 @@ def elbo_terms(
       kl_samples: number of Monte Carlo samples of the KL for mixtures.
     """
     reconstruction = pixel_cross_entropy(output.logits, mask)
-    kl = distributions.kl_divergence(
-        output.posterior, output.prior, key=key, num_samples=kl_samples
-    )
-    return {"loss": reconstruction + beta * kl, "reconstruction": reconstruction, "kl": kl}
+    kl = kl_terms(output, key=key, num_samples=kl_samples)
+    return {"loss": reconstruction + beta * kl["kl"], "reconstruction": reconstruction, **kl}
 
 
 def elbo_loss(
@@ -69,7 +96,8 @@ def elbo_loss(
     """The training loss with the paper code's scaling: the batch mean of :func:`elbo_terms`.
 
     Returns:
-      The scalar loss and a metrics dict with `loss`, `reconstruction` and `kl` (batch means).
+      The scalar loss and a metrics dict with `loss`, `reconstruction` and `kl` (and the
+      hierarchical model's `kl/scale_i`), batch means.
     """
     terms = elbo_terms(output, mask, beta=beta, key=key, kl_samples=kl_samples)
     metrics = {name: jnp.mean(value) for name, value in terms.items()}

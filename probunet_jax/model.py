@@ -3,12 +3,16 @@
 Kohl et al. 2018; Bhat et al. 2022, Fig. 1. Images are `[B, H, W, C]` float32, training
 masks `[B, H, W]` with values in {0, …, num_classes − 1} ({0, 1} in the binary case, where
 the head outputs one logit channel for a sigmoid).
+
+`model_from_config` builds this model for ``model.latent_scales`` = 0 (one global latent z) and
+the hierarchical model of `probunet_jax.hierarchical` (latent maps at several decoder scales)
+for ``latent_scales`` > 0.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import distrax
 import flax.linen as nn
@@ -26,8 +30,10 @@ class ModelOutput(NamedTuple):
 
     Attributes:
       logits: `[B, H, W, num_classes]` for z sampled from the posterior.
-      prior: p(z|x), batch shape `[B]`.
-      posterior: q(z|x,y), batch shape `[B]`.
+      prior: p(z|x), batch shape `[B]`; for the hierarchical model a tuple with one
+        distribution per latent scale, coarsest first, over the flattened positions (batch shape
+        `[B·h·w]`, p(z_i|x, z_<i) given the posterior's z of the coarser scales).
+      posterior: q(z|x,y), batch shape `[B]`; a tuple like ``prior`` for the hierarchical model.
     """
 
     logits: jax.Array
@@ -52,6 +58,24 @@ def check_mask(mask: jax.Array, image: jax.Array, num_classes: int) -> None:
             raise ValueError(
                 f"mask values must be in {set(allowed.tolist())}, got values {values[:10]}."
             )
+
+
+def posterior_input(image: jax.Array, mask: jax.Array, num_classes: int, num_levels: int):
+    """The posterior's input: the image concatenated with the mask (one-hot if multi-class),
+    `[B, H, W, C + max(1, num_classes)]`; checks both."""
+    check_image(image, num_levels)
+    check_mask(mask, image, num_classes)
+    if num_classes == 1:
+        mask_channels = mask[..., None].astype(image.dtype)
+    else:
+        mask_channels = jax.nn.one_hot(mask, num_classes, dtype=image.dtype)
+    return jnp.concatenate([image, mask_channels], axis=-1)
+
+
+def is_hierarchical(model: nn.Module) -> bool:
+    """Whether ``model`` is the hierarchical model (`probunet_jax.hierarchical`), whose latents
+    are maps at ``model.latent_scales`` decoder scales, rather than one global z."""
+    return getattr(model, "latent_scales", 0) > 0
 
 
 class ProbabilisticUNet(nn.Module):
@@ -80,6 +104,9 @@ class ProbabilisticUNet(nn.Module):
     init_scheme: str = "flax"
     align_corners: bool = False
     pruning: component_pruning.PruningSpec | None = None
+
+    # The parts of `parameter_counts`: submodule names.
+    PARTS: ClassVar[tuple[str, ...]] = ("unet", "prior_net", "posterior_net", "head")
 
     def setup(self):
         self.latent.validate()
@@ -124,16 +151,10 @@ class ProbabilisticUNet(nn.Module):
         self, image: jax.Array, mask: jax.Array, *, train: bool = False
     ) -> distrax.Distribution:
         """q(z|x,y) on the image concatenated with the mask (one-hot if multi-class)."""
-        check_image(image, len(self.filters))
-        check_mask(mask, image, self.num_classes)
-        if self.num_classes == 1:
-            mask_channels = mask[..., None].astype(image.dtype)
-        else:
-            mask_channels = jax.nn.one_hot(mask, self.num_classes, dtype=image.dtype)
-        posterior_input = jnp.concatenate([image, mask_channels], axis=-1)
+        inputs = posterior_input(image, mask, self.num_classes, len(self.filters))
         return self._masked(
             distributions.make_latent_distribution(
-                self.posterior_net(posterior_input, train=train), self.latent
+                self.posterior_net(inputs, train=train), self.latent
             )
         )
 
@@ -163,9 +184,10 @@ class ProbabilisticUNet(nn.Module):
         return ModelOutput(logits, prior, posterior)
 
 
-def model_from_config(config: ml_collections.ConfigDict) -> ProbabilisticUNet:
-    """Builds the model of a model config (see `presets.model_config`)."""
-    return ProbabilisticUNet(
+def model_from_config(config: ml_collections.ConfigDict) -> nn.Module:
+    """Builds the model of a model config (see `presets.model_config`): `ProbabilisticUNet` for
+    ``latent_scales`` 0 (or absent), else `hierarchical.HierarchicalProbUNet`."""
+    fields = dict(
         filters=tuple(config.filters),
         latent=presets.latent_spec(config),
         head_depth=config.head_depth,
@@ -176,11 +198,17 @@ def model_from_config(config: ml_collections.ConfigDict) -> ProbabilisticUNet:
         align_corners=config.align_corners,
         pruning=component_pruning.spec_from_config(config),
     )
+    scales = int(config.get("latent_scales", 0))
+    if scales == 0:
+        return ProbabilisticUNet(**fields)
+    from probunet_jax import hierarchical  # It imports this module.
+
+    del fields["head_depth"]  # Its head is one logits layer (no Fcomb: z enters the decoder).
+    del fields["pruning"]  # None: `presets.check_model_config` rejects it with latent maps.
+    return hierarchical.HierarchicalProbUNet(latent_scales=scales, **fields)
 
 
-def init_variables(
-    model: ProbabilisticUNet, key: jax.Array, image_shape: tuple[int, int, int]
-) -> dict:
+def init_variables(model: nn.Module, key: jax.Array, image_shape: tuple[int, int, int]) -> dict:
     """Initial `{'params', 'batch_stats'}` for images of shape `[H, W, C]`."""
     image = jnp.zeros((1, *image_shape), jnp.float32)
     mask = jnp.zeros((1, *image_shape[:2]), jnp.int32)
@@ -188,18 +216,14 @@ def init_variables(
     return model.init({"params": params_key, "latent": latent_key}, image, mask, train=False)
 
 
-def parameter_counts(model: ProbabilisticUNet, image_shape: tuple[int, int, int]) -> dict[str, int]:
-    """Number of trainable parameters of each part (U-Net, prior, posterior, head) and total."""
+def parameter_counts(model: nn.Module, image_shape: tuple[int, int, int]) -> dict[str, int]:
+    """Number of trainable parameters of each part of ``model.PARTS`` and the total: U-Net,
+    prior, posterior, head; for the hierarchical model prior, posterior, decoder, head."""
     shapes = jax.eval_shape(lambda k: init_variables(model, k, image_shape), jax.random.key(0))
     params = shapes["params"]
     counts = {
-        part: sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params[name]))
-        for part, name in [
-            ("unet", "unet"),
-            ("prior_net", "prior_net"),
-            ("posterior_net", "posterior_net"),
-            ("head", "head"),
-        ]
+        name: sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params.get(name, {})))
+        for name in model.PARTS
     }
     counts["total"] = sum(counts.values())
     return counts

@@ -31,6 +31,21 @@ family. The sweep searches the number of layers (`search.space`).
 
 `mixture_fc_auto` (not in the paper) is Mixture-FC with N = 10 components, the search space's
 maximum, that learns how many it uses (`component_pruning`).
+
+Hierarchical presets (``HIERARCHICAL_VARIANTS``, `probunet_jax.hierarchical`): latent maps at
+the ``latent_scales`` coarsest decoder scales, the latent dim being that of one position:
+
+| variant           | latent scales | latent dim per position | components N | temperature τ |
+|-------------------|--------------:|------------------------:|-------------:|--------------:|
+| `hier_aa`         | 2             | 1                       | –            | –             |
+| `hier_mixture_aa` | 2             | 4                       | 5            | 0.36          |
+
+`hier_aa` is HPU-Net's latent (AA, one dimension per position; Kohl et al. 2019);
+`hier_mixture_aa` puts Table 3's Mixture-AA at every position. Two scales are the two coarsest
+decoder scales of any 4-level network (the quick start's and the paper's: 1/8 and 1/4 of the
+image), which HPU-Net's latents (the coarse half of its decoder) resemble most. FC and LR work
+per position too (``variant='custom'``), but not as CPU presets: their batched LAPACK solves
+over every position deadlock jaxlib 0.10's CPU thread pool (README, "Hierarchical latents").
 """
 
 from __future__ import annotations
@@ -65,6 +80,7 @@ LATENT_FIELDS = (
     "flow",
     "flow_layers",
     "prior_flow",
+    "latent_scales",
 )
 # A learned number of components (sparsity prior and pruning) is part of a variant's latent too.
 LATENT_FIELDS += component_pruning.CONFIG_FIELDS
@@ -92,6 +108,16 @@ VARIANTS["mixture_fc_auto"] = dict(
     prune_patience=100,
     prune_decay=0.99,
 )
+# Latent maps at `latent_scales` decoder scales (`probunet_jax.hierarchical`); latent_dim per
+# position.
+HIERARCHICAL_VARIANTS: dict[str, dict] = {
+    "hier_aa": dict(latent_kind="aa", latent_dim=1, latent_scales=2),
+    "hier_mixture_aa": dict(
+        latent_kind="aa", latent_dim=4, num_components=5, temperature=0.36, latent_scales=2
+    ),
+}
+# Every preset: what a variant name may be.
+ALL_VARIANTS: dict[str, dict] = {**VARIANTS, **HIERARCHICAL_VARIANTS}
 
 
 CUSTOM = "custom"  # model.variant of a latent configured by hand, not by a preset.
@@ -99,7 +125,7 @@ CUSTOM = "custom"  # model.variant of a latent configured by hand, not by a pres
 
 def check_variant(variant: str, *, allow_custom: bool = False) -> None:
     """Raises ValueError for a name that is not a preset (or ``CUSTOM`` where allowed)."""
-    known = [*VARIANTS, CUSTOM] if allow_custom else list(VARIANTS)
+    known = [*ALL_VARIANTS, CUSTOM] if allow_custom else list(ALL_VARIANTS)
     if variant not in known:
         raise ValueError(f"Unknown model variant {variant!r}; expected one of {known}.")
 
@@ -108,11 +134,13 @@ def model_config(variant: str = "mixture_fc", **overrides) -> ml_collections.Con
     """The model config of a paper variant (Table 3), with the paper's network, and overrides.
 
     Fields: variant, latent_kind ("aa" | "fc" | "lr"), latent_dim, rank, num_components (1 = no
-    mixture), temperature, flow ("none" | "planar" | "radial" | "coupling": a normalizing flow on
-    the posterior), flow_layers, prior_flow (the prior is the flow too: coupling only), beta (KL
-    weight), kl_samples (Monte Carlo KL samples for mixtures and flows), filters (block widths, last
-    = bottleneck), convs_per_block, head_depth (1×1 layers including the logits layer), num_classes
-    (1 = binary, sigmoid); the options that follow the paper's text or the authors' code
+    mixture), temperature, latent_scales (0: one global latent; L > 0: latent maps at the L coarsest
+    decoder scales, `probunet_jax.hierarchical`, latent_dim per position), flow ("none" | "planar" |
+    "radial" | "coupling": a normalizing flow on the posterior), flow_layers, prior_flow (the prior
+    is the flow too: coupling only), beta (KL weight), kl_samples (Monte Carlo KL samples for
+    mixtures and flows), filters (block widths, last = bottleneck), convs_per_block, head_depth (1×1
+    layers including the logits layer; the hierarchical model has one logits layer), num_classes (1
+    = binary, sigmoid); the options that follow the paper's text or the authors' code
     (``AUTHORS_NETWORK``): norm ('paper' | 'authors'), init_scheme ('flax' | 'authors'),
     align_corners (bilinear upsampling), latent_layout ('compact' | 'authors') and
     lr_parameterization ('scale' | 'covariance'), see `networks` and `distributions`; preset_name,
@@ -137,6 +165,7 @@ def model_config(variant: str = "mixture_fc", **overrides) -> ml_collections.Con
             flow="none",
             flow_layers=0,
             prior_flow=False,
+            latent_scales=0,
             beta=1.0,
             kl_samples=distributions.DEFAULT_KL_SAMPLES,
             filters=PAPER_FILTERS,
@@ -152,7 +181,7 @@ def model_config(variant: str = "mixture_fc", **overrides) -> ml_collections.Con
             **component_pruning.CONFIG_DEFAULTS,
         )
     )
-    config.update(VARIANTS.get(variant, {}))
+    config.update(ALL_VARIANTS.get(variant, {}))
     for key in overrides:
         if key not in config:
             raise ValueError(f"Unknown model config key {key!r}; known keys: {sorted(config)}.")
@@ -220,5 +249,18 @@ def check_model_config(model: ml_collections.ConfigDict) -> None:
     for field in ("convs_per_block", "head_depth", "num_classes", "kl_samples"):
         if int(model[field]) < 1:
             raise ValueError(f"model.{field} must be >= 1, got {model[field]}.")
+    scales, levels = int(model.latent_scales), len(model.filters)
+    if not 0 <= scales <= levels - 1:
+        raise ValueError(
+            f"model.latent_scales must be 0 (one global latent) or 1 to len(model.filters) - 1 "
+            f"= {levels - 1} (latent maps at the coarsest decoder scales of the {levels} levels "
+            f"of model.filters {tuple(model.filters)}), got {scales}."
+        )
+    if scales and (model.flow != "none" or component_pruning.learns_components(model)):
+        raise ValueError(
+            f"model.latent_scales {scales} (hierarchical latents) takes no flow and no learned "
+            f"number of components; got model.flow {model.flow!r}, model.sparsity_weight "
+            f"{model.sparsity_weight}, model.prune_threshold {model.prune_threshold}."
+        )
     if not model.beta >= 0:
         raise ValueError(f"model.beta must be >= 0, got {model.beta}.")

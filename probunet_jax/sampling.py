@@ -1,4 +1,9 @@
-"""Jit-compiled sampling: the U-Net and the prior run once per image, the head per sample."""
+"""Jit-compiled sampling: the U-Net and the prior run once per image, the head per sample.
+
+For the hierarchical model (`probunet_jax.hierarchical`, ``model.latent_scales`` > 0) the
+prior's encoder runs once per image, and its decoder, conditioned on z from the coarsest scale
+up, with the head per sample (vmapped over the samples).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from probunet_jax import distributions, flows
-from probunet_jax.model import ProbabilisticUNet
+from probunet_jax.model import ProbabilisticUNet, is_hierarchical
 
 
 @functools.partial(jax.jit, static_argnames=("model", "num_samples"))
@@ -21,8 +26,19 @@ def sample_logits(
     num_samples: int,
 ) -> jax.Array:
     """Logits `[B, S, H, W, C]` of S samples z ~ p(z|x) per image `[B, H, W, C]`."""
+    if is_hierarchical(model):
+        return _hierarchical_samples(model, variables, images, key, num_samples)
     features, prior = model.apply(variables, images, method=ProbabilisticUNet.features_and_prior)
     return decode_samples(model, variables, features, prior, key, num_samples)
+
+
+def _hierarchical_samples(model, variables, images, key, num_samples) -> jax.Array:
+    """`sample_logits` of the hierarchical model: the encoder once per image, then sample s
+    (key ``split(key, S)[s]``) drawn top down and decoded (`HierarchicalProbUNet.sample`)."""
+    levels = model.apply(variables, images, method="encode")
+    sample = functools.partial(model.apply, variables, method="sample")
+    logits = jax.vmap(sample, in_axes=(None, 0))(levels, jax.random.split(key, num_samples))
+    return jnp.moveaxis(logits, 0, 1)
 
 
 def decode_samples(
@@ -76,7 +92,10 @@ def latent_mean(dist: distrax.Distribution) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("model",))
 def prior_mean_logits(model: ProbabilisticUNet, variables: dict, images: jax.Array) -> jax.Array:
-    """Logits `[B, H, W, C]` for the prior's representative z (see `latent_mean`)."""
+    """Logits `[B, H, W, C]` for the prior's representative z (see `latent_mean`; at every
+    scale, top down, for the hierarchical model)."""
+    if is_hierarchical(model):
+        return model.apply(variables, images, method="prior_mean_logits")
     features, prior = model.apply(variables, images, method=ProbabilisticUNet.features_and_prior)
     return model.apply(variables, features, latent_mean(prior), method=ProbabilisticUNet.decode)
 
@@ -90,4 +109,6 @@ def posterior_reconstruction(
     model: ProbabilisticUNet, variables: dict, images: jax.Array, masks: jax.Array
 ) -> jax.Array:
     """Logits `[B, H, W, C]` for the posterior's representative z given the masks `[B, H, W]`."""
+    if is_hierarchical(model):
+        return model.apply(variables, images, masks, method="posterior_reconstruction")
     return model.apply(variables, images, masks, method=_posterior_reconstruction)

@@ -47,7 +47,13 @@ from probunet_jax import (
 from probunet_jax import component_pruning as pruning
 from probunet_jax import config as config_lib
 from probunet_jax import data as data_lib
-from probunet_jax.model import ModelOutput, ProbabilisticUNet, init_variables, model_from_config
+from probunet_jax.model import (
+    ModelOutput,
+    ProbabilisticUNet,
+    init_variables,
+    is_hierarchical,
+    model_from_config,
+)
 
 
 class TrainState(NamedTuple):
@@ -277,13 +283,15 @@ def make_eval_step(
 
     ``batch`` is an eval batch ``{'image' [B, H, W, C], 'masks' [B, A, H, W], 'rater_valid'
     [B, A], 'valid' [B], ...}``; only valid raters count.
-    Batch norm runs in inference mode, and the U-Net and the prior once per image. The loss of
-    an image is its negative ELBO (z drawn from the posterior with ``key``) averaged over its A
-    annotations; with ``config.train.validation_samples`` = S > 0 also its GED of S samples of
-    the prior against the annotations. Returns sums over the valid images: ``loss``,
-    ``reconstruction``, ``kl``, (``ged``), the latent diagnostics' ``latent/...``
-    (`diagnostics.validation_sums`, some of them vectors) and ``count``; divide by ``count``
-    after summing over batches (:func:`evaluate_validation`).
+    Batch norm runs in inference mode, and the U-Net and the prior once per image (the
+    hierarchical model runs its training forward pass per annotation, its prior's decoder being
+    fed the posterior's z). The loss of an image is its negative ELBO (z drawn from the
+    posterior with ``key``) averaged over its A annotations; with
+    ``config.train.validation_samples`` = S > 0 also its GED of S samples of the prior against
+    the annotations. Returns sums over the valid images: ``loss``, ``reconstruction``,
+    ``kl`` (and ``kl/scale_i`` for the hierarchical model), (``ged``), the latent diagnostics'
+    ``latent/...`` (`diagnostics.validation_sums`, some of them vectors) and ``count``; divide
+    by ``count`` after summing over batches (:func:`evaluate_validation`).
     """
     beta, kl_samples = float(config.model.beta), int(config.model.kl_samples)
     num_samples = int(config.train.validation_samples)
@@ -294,15 +302,28 @@ def make_eval_step(
         latent_key, kl_key, sample_key = jax.random.split(key, 3)
         diagnostics_key = jax.random.fold_in(key, 3)
         images = batch["image"]
-        features, prior = model.apply(variables, images, method=model.features_and_prior)
+        if is_hierarchical(model):  # Its priors are per scale, in each output: no diagnostics.
+            features, prior = None, None
+
+            def output_of(masks: jax.Array) -> ModelOutput:
+                rngs = {"latent": latent_key}
+                return model.apply(variables, images, masks, train=False, rngs=rngs)
+
+        else:
+            features, prior = model.apply(variables, images, method=model.features_and_prior)
+
+            def output_of(masks: jax.Array) -> ModelOutput:
+                posterior = model.apply(variables, images, masks, method=model.posterior)
+                z = posterior.sample(seed=latent_key)
+                logits = model.apply(variables, features, z, method=model.decode)
+                return ModelOutput(logits, prior, posterior)
 
         def one_annotation(masks: jax.Array) -> dict:  # [B, H, W] -> per-image [B] terms.
-            posterior = model.apply(variables, images, masks, method=model.posterior)
-            z = posterior.sample(seed=latent_key)
-            logits = model.apply(variables, features, z, method=model.decode)
-            output = ModelOutput(logits, prior, posterior)
+            output = output_of(masks)
             terms = losses.elbo_terms(output, masks, beta=beta, key=kl_key, kl_samples=kl_samples)
-            return terms, diagnostics.annotation_terms(posterior, prior, key=diagnostics_key)
+            return terms, diagnostics.annotation_terms(
+                output.posterior, output.prior, key=diagnostics_key
+            )
 
         # One annotator at a time (a loop, not one batch of B * A): the batch of each call stays
         # that of eval.batch_size, which keeps jaxlib's CPU LAPACK kernels (the triangular
@@ -317,9 +338,12 @@ def make_eval_step(
         if penalty:  # In the validation loss too, as the authors' code has it.
             per_image["loss"] += penalty * losses.latent_nets_norm(variables["params"])
         if num_samples:
-            logits = sampling.decode_samples(
-                model, variables, features, prior, sample_key, num_samples
-            )
+            if is_hierarchical(model):
+                logits = sampling.sample_logits(model, variables, images, sample_key, num_samples)
+            else:
+                logits = sampling.decode_samples(
+                    model, variables, features, prior, sample_key, num_samples
+                )
             per_image["ged"] = metrics.generalized_energy_distance(
                 sampling.logits_to_masks(logits),
                 batch["masks"],

@@ -17,6 +17,14 @@ A variant that learns its number of components (``mixture_fc_auto``, see
 ``component_pruning``) is not searched over N: it always starts with the range's maximum
 (10) and prunes; only its temperature is drawn.
 
+The hierarchical variants (``presets.HIERARCHICAL_VARIANTS``) search their latent dimension
+per position on their own grid, and their number of latent scales at random:
+
+| hyperparameter                 | range     | search       | used by                          |
+|--------------------------------|-----------|--------------|----------------------------------|
+| latent dimension per position  | {1, 2, 4} | grid         | ``hier_*`` (HPU-Net 1, PHiSeg 2) |
+| latent scales                  | [1, 3]    | random (int) | ``hier_*``; < the network's levels |
+
 :func:`search_points` crosses the grid with ``num_random`` seeded draws of the variant's random
 hyperparameters per grid point (one point per grid point for ``aa`` and ``fc``, which have
 none). :func:`trial_config` puts a point into a base config. A mixture drawing N = 1 is a single
@@ -44,16 +52,23 @@ class SearchSpace(NamedTuple):
     components_range: tuple[int, int] = (1, 10)
     temperature_range: tuple[float, float] = (0.1, 0.5)
     flow_layers_range: tuple[int, int] = (1, 8)
+    position_latent_dims: tuple[int, ...] = (1, 2, 4)  # Hierarchical variants' grid.
+    latent_scales_range: tuple[int, int] = (1, 3)  # Hierarchical variants, random.
 
 
 PAPER_SEARCH_SPACE = SearchSpace()
 
 
+def is_hierarchical_variant(variant: str) -> bool:
+    """Whether a (known) variant has latent maps at several scales."""
+    return presets.ALL_VARIANTS[variant].get("latent_scales", 0) > 0
+
+
 def _random_names(variant: str) -> tuple[str, ...]:
     """The randomly searched model fields of a (known) variant: rank (low-rank kinds),
     num_components and temperature (mixtures; the temperature alone where the variant learns
-    its number of components), flow_layers (flows)."""
-    preset = presets.VARIANTS[variant]
+    its number of components), flow_layers (flows), latent_scales (hierarchical variants)."""
+    preset = presets.ALL_VARIANTS[variant]
     names = ()
     if preset["latent_kind"] == "lr":
         names += ("rank",)
@@ -62,6 +77,8 @@ def _random_names(variant: str) -> tuple[str, ...]:
         names += ("temperature",) if learned else ("num_components", "temperature")
     if preset.get("flow", "none") != "none":
         names += ("flow_layers",)
+    if is_hierarchical_variant(variant):
+        names += ("latent_scales",)
     return names
 
 
@@ -81,6 +98,12 @@ def check_space(space: SearchSpace) -> None:
         )
     if min(space.latent_dims) < 1:
         raise ValueError(f"latent dims must be >= 1, got {space.latent_dims}.")
+    if not space.position_latent_dims or min(space.position_latent_dims) < 1:
+        raise ValueError(
+            "position_latent_dims must list latent dims >= 1 (an empty grid is an empty search "
+            f"space for the hierarchical variants), got {space.position_latent_dims}."
+        )
+    _check_range("latent_scales_range", space.latent_scales_range, 1)
     if min(space.betas) < 0:
         raise ValueError(f"betas must be >= 0, got {space.betas}.")
     _check_range("rank_range", space.rank_range, 1)
@@ -102,8 +125,26 @@ def rank_bounds(space: SearchSpace, latent_dim: int) -> tuple[int, int]:
     return int(low), int(high)
 
 
+def scales_bounds(space: SearchSpace, max_latent_scales: int | None) -> tuple[int, int]:
+    """Inclusive latent-scales range: ``space.latent_scales_range`` cut to ``max_latent_scales``
+    (the network's levels − 1; None: no cut)."""
+    low, high = space.latent_scales_range
+    if max_latent_scales is not None:
+        high = min(high, max_latent_scales)
+    if high < low:
+        raise ValueError(
+            f"Empty search space: no latent_scales in {space.latent_scales_range} is <= "
+            f"{max_latent_scales}, the most the network's model.filters allow (levels - 1)."
+        )
+    return int(low), int(high)
+
+
 def sample_random(
-    names: tuple[str, ...], space: SearchSpace, latent_dim: int, rng: np.random.Generator
+    names: tuple[str, ...],
+    space: SearchSpace,
+    latent_dim: int,
+    rng: np.random.Generator,
+    max_latent_scales: int | None = None,
 ) -> dict[str, Any]:
     """One draw of the random hyperparameters ``names``, as plain Python scalars.
 
@@ -122,22 +163,33 @@ def sample_random(
     if "flow_layers" in names:
         low, high = space.flow_layers_range
         values["flow_layers"] = int(rng.integers(low, high + 1))
+    if "latent_scales" in names:
+        low, high = scales_bounds(space, max_latent_scales)
+        values["latent_scales"] = int(rng.integers(low, high + 1))
     return values
 
 
-def grid(space: SearchSpace) -> list[tuple[int, float]]:
-    """The grid points (latent_dim, beta), latent dim major."""
-    return [(int(d), float(b)) for d in space.latent_dims for b in space.betas]
+def grid(space: SearchSpace, *, hierarchical: bool = False) -> list[tuple[int, float]]:
+    """The grid points (latent_dim, beta), latent dim major (``space.position_latent_dims``
+    for a hierarchical variant)."""
+    dims = space.position_latent_dims if hierarchical else space.latent_dims
+    return [(int(d), float(b)) for d in dims for b in space.betas]
 
 
 def search_points(
-    variant: str, space: SearchSpace = PAPER_SEARCH_SPACE, *, num_random: int = 1, seed: int = 0
+    variant: str,
+    space: SearchSpace = PAPER_SEARCH_SPACE,
+    *,
+    num_random: int = 1,
+    seed: int = 0,
+    max_latent_scales: int | None = None,
 ) -> list[dict[str, Any]]:
     """The model values of every trial: the grid × ``num_random`` draws per grid point.
 
     Draw ``r`` at grid point ``g`` uses ``numpy.random.default_rng((seed, g, r))``, so adding
     draws keeps the earlier ones. Variants without random hyperparameters get one point per grid
-    point; duplicate draws are dropped.
+    point; duplicate draws are dropped. A hierarchical variant's latent scales are drawn up to
+    ``max_latent_scales`` (the base network's levels − 1) if given.
 
     Returns:
       ``[{'latent_dim': int, 'beta': float, <the variant's random fields>}, ...]``; a variant
@@ -150,13 +202,14 @@ def search_points(
     names = _random_names(variant)
     draws = num_random if names else 1
     points, seen = [], set()
-    for g, (latent_dim, beta) in enumerate(grid(space)):
+    hierarchical = is_hierarchical_variant(variant)
+    for g, (latent_dim, beta) in enumerate(grid(space, hierarchical=hierarchical)):
         for r in range(draws):
             rng = np.random.default_rng((seed, g, r))
             point = {"latent_dim": latent_dim, "beta": beta}
-            if component_pruning.learns_components(presets.VARIANTS[variant]):
+            if component_pruning.learns_components(presets.ALL_VARIANTS[variant]):
                 point["num_components"] = int(space.components_range[1])
-            point.update(sample_random(names, space, latent_dim, rng))
+            point.update(sample_random(names, space, latent_dim, rng, max_latent_scales))
             key = tuple(sorted(point.items()))
             if key not in seen:
                 seen.add(key)

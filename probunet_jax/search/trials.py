@@ -96,6 +96,8 @@ def trial_id(variant: str, overrides: Mapping[str, Any], config: ml_collections.
         parts.append(f"n{overrides['num_components']}")
     if "temperature" in overrides:
         parts.append(f"t{overrides['temperature']:.3f}")
+    if "latent_scales" in overrides:
+        parts.append(f"s{overrides['latent_scales']}")
     digest = hashlib.sha1(json.dumps(plain(config), sort_keys=True).encode()).hexdigest()
     return "-".join([*parts, digest[:8]])
 
@@ -111,7 +113,11 @@ def make_trials(
     """Every trial of the search for ``variant`` around ``base`` (`space.search_points`,
     `space.trial_config`)."""
     trials = []
-    for point in space_lib.search_points(variant, space, num_random=num_random, seed=seed):
+    levels = len(base.model.filters)
+    points = space_lib.search_points(
+        variant, space, num_random=num_random, seed=seed, max_latent_scales=levels - 1
+    )
+    for point in points:
         config = space_lib.trial_config(base, variant, point)
         trials.append(Trial(trial_id(variant, point, config), variant, point, config))
     return trials
