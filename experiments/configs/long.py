@@ -1,12 +1,12 @@
-"""The longer CPU run: the quick start's recipe on a wider network, 2,500 steps, 4,096 images.
+"""The longer CPU run: the quick start's recipe on a wider network, 2,000 steps, 4,096 images.
 
   python -m experiments.train --config=experiments/configs/long.py --workdir=runs/long
   python -m experiments.train --config=experiments/configs/long.py:fc --workdir=runs/long_fc
 
 VARIANT (after the colon; default mixture_fc) is one of ``presets.VARIANTS``. Against the quick
 start (``default.py``): filters 16-32-64-128 with 3 convolutions per block (about 4x its
-compute per step), 2,500 steps over 4,096 training images (the quick start's 1,024 would be
-seen 39 times), 100 warm-up steps, the validation GED every 250 steps. Sized to finish within
+compute per step), 2,000 steps over 4,096 training images (the quick start's 1,024 would be
+seen 31 times), 100 warm-up steps, the validation GED every 200 steps. Sized to finish within
 an hour on 2 CPU cores; the README ("How close to the truth") gives its measured time and GED.
 """
 
@@ -18,8 +18,8 @@ def get_config(variant: str = "mixture_fc"):
     config.model.filters = (16, 32, 64, 128)
     config.model.convs_per_block = 3
     config.data.num_train = 4096
-    config.train.num_steps = 2500
+    config.train.num_steps = 2000
     config.train.warmup_steps = 100
-    config.train.eval_every_steps = 250
+    config.train.eval_every_steps = 200
     config.train.patience = 100  # Keep the best of every validation; no early stop.
     return config
