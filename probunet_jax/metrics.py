@@ -54,6 +54,11 @@ class GEDResult(NamedTuple):
     annotation_diversity: jax.Array  # E[d(Y,Y')]
 
 
+# A map whose std is below this fraction of its largest magnitude is constant (the rounding of
+# its float32 mean, not a signal): its correlation is undefined.
+CONSTANT_RTOL = 1e-5
+
+
 def _check_pair(samples: jax.Array, annotations: jax.Array) -> None:
     """Raises ValueError unless samples [B,S,H,W] and annotations [B,A,H,W] agree."""
     if samples.ndim != 4 or annotations.ndim != 4:
@@ -264,10 +269,16 @@ def hungarian_matched_iou(
 
 
 def _pearson(a: jax.Array, b: jax.Array) -> jax.Array:
-    """Pearson correlation over the last axis (population std, as np.std); NaN if constant."""
-    a = a - a.mean(axis=-1, keepdims=True)
-    b = b - b.mean(axis=-1, keepdims=True)
-    return jnp.mean(a * b, axis=-1) / (a.std(axis=-1) * b.std(axis=-1))
+    """Pearson correlation over the last axis (population std, as np.std); NaN if a map is
+    constant, i.e. its std is within float32 rounding (``CONSTANT_RTOL``) of its magnitude."""
+
+    def centered(x):
+        scale = CONSTANT_RTOL * jnp.max(jnp.abs(x), axis=-1)
+        x = x - x.mean(axis=-1, keepdims=True)
+        return x, jnp.where(x.std(axis=-1) > scale, x.std(axis=-1), jnp.nan)
+
+    (a, std_a), (b, std_b) = centered(a), centered(b)
+    return jnp.mean(a * b, axis=-1) / (std_a * std_b)
 
 
 def _valid_mean(values: jax.Array, valid: jax.Array) -> jax.Array:
