@@ -19,7 +19,8 @@ paired difference -0.050 +- 0.011 (README, "How close to the truth"). The hierar
 train with beta 1 instead of GECO: their one-layer head brings the cross-entropy down slowly,
 GECO's multiplier climbed to its cap meanwhile and the KL weight stayed at ~0 (it falls by at
 most a factor exp(train.geco_rate) a step), so the posterior ran away from the prior (hier_aa:
-test GED 0.717 with GECO, 0.215 with beta 1). For the paper's network use ``experiments/configs/paper.py``.
+test GED 0.717 with GECO, 0.215 with beta 1). For the paper's network use
+``experiments/configs/paper.py``.
 """
 
 from probunet_jax import config, presets
