@@ -207,21 +207,21 @@ def annotation_terms(
     posterior: distrax.Distribution, prior: distrax.Distribution, *, key: jax.Array
 ) -> dict[str, jax.Array]:
     """Per-image terms of one annotation's posterior (the validation step maps this over the
-    annotations): ``kl_dim`` `[B, d]`, ``mean`` `[B, d]` (E_q[z]) and, for a mixture,
-    ``weights`` `[B, N]`; ``{}`` for latents without Gaussian marginals."""
+    annotations): ``kl_dim`` `[B, d]`, ``mean`` `[B, d]` (E_q[z]) and, for mixtures, the
+    posterior's and the prior's ``weights`` and ``prior_weights`` `[B, N]`; ``{}`` for latents
+    without Gaussian marginals."""
     if not (is_supported(posterior) and is_supported(prior)):
         return {}
     terms = {
         "kl_dim": kl_per_dimension(posterior, prior, key=key),
         "mean": latent_mean(posterior),
     }
-    if distributions.is_mixture(posterior):
-        terms["weights"] = mixture_weights(posterior)
+    if distributions.is_mixture(posterior) and distributions.is_mixture(prior):
+        terms.update(weights=mixture_weights(posterior), prior_weights=mixture_weights(prior))
     return terms
 
 
 def validation_sums(
-    prior: distrax.Distribution,
     terms: dict[str, jax.Array],
     rater_valid: jax.Array,
     valid: jax.Array,
@@ -230,7 +230,6 @@ def validation_sums(
     the number of images and passed to :func:`finish_validation`.
 
     Args:
-      prior: the prior of the batch, batch shape `[B]`.
       terms: :func:`annotation_terms` of every annotation, stacked: `[A, B, ...]`.
       rater_valid: `[B, A]`, which annotations are real (padded raters count for nothing).
       valid: `[B]`, which images are real.
@@ -253,8 +252,8 @@ def validation_sums(
         _INTERNAL + "mean": over_pairs(terms["mean"]),
         _INTERNAL + "mean_squared": over_pairs(jnp.square(terms["mean"])),
     }
-    if distributions.is_mixture(prior) and "weights" in terms:
-        prior_w = mixture_weights(prior)  # [B, N]
+    if "prior_weights" in terms:
+        prior_w = terms["prior_weights"][0]  # [B, N]: the same prior for every annotation.
         wins = jax.nn.one_hot(jnp.argmax(prior_w, -1), prior_w.shape[-1]) * image[:, None]
         sums.update(
             {
@@ -266,10 +265,6 @@ def validation_sums(
             }
         )
     return sums
-
-
-def _entropy(p: np.ndarray) -> float:
-    return float(-np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)))
 
 
 def finish_validation(
@@ -296,10 +291,10 @@ def finish_validation(
     if _INTERNAL + "prior_usage" in values:
         prior_usage = values[_INTERNAL + "prior_usage"]  # Means over the images already.
         posterior_usage = values[_INTERNAL + "posterior_usage"]
-        out[PREFIX + "usage_entropy"] = float(_entropy(prior_usage))
-        out[PREFIX + "components_in_use"] = float(np.sum(prior_usage > usage_threshold))
+        out[PREFIX + "usage_entropy"] = float(weight_entropy(prior_usage))
+        out[PREFIX + "components_in_use"] = float(components_in_use(prior_usage, usage_threshold))
         out[PREFIX + "posterior_components_in_use"] = float(
-            np.sum(posterior_usage > usage_threshold)
+            components_in_use(posterior_usage, usage_threshold)
         )
         out[PREFIX + "components_argmax"] = float(np.sum(values[_INTERNAL + "argmax"] > 0))
     return out

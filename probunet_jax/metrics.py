@@ -275,7 +275,8 @@ def _pearson(a: jax.Array, b: jax.Array) -> jax.Array:
     def centered(x):
         scale = CONSTANT_RTOL * jnp.max(jnp.abs(x), axis=-1)
         x = x - x.mean(axis=-1, keepdims=True)
-        return x, jnp.where(x.std(axis=-1) > scale, x.std(axis=-1), jnp.nan)
+        std = jnp.sqrt(jnp.mean(jnp.square(x), axis=-1))
+        return x, jnp.where(std > scale, std, jnp.nan)
 
     (a, std_a), (b, std_b) = centered(a), centered(b)
     return jnp.mean(a * b, axis=-1) / (std_a * std_b)

@@ -302,8 +302,7 @@ def make_eval_step(
         latent_key, kl_key, sample_key = jax.random.split(key, 3)
         diagnostics_key = jax.random.fold_in(key, 3)
         images = batch["image"]
-        if is_hierarchical(model):  # Its priors are per scale, in each output: no diagnostics.
-            features, prior = None, None
+        if is_hierarchical(model):  # Its priors are per scale, in each output.
 
             def output_of(masks: jax.Array) -> ModelOutput:
                 rngs = {"latent": latent_key}
@@ -352,7 +351,7 @@ def make_eval_step(
             ).ged
         weight = batch["valid"].astype(jnp.float32)
         sums = {name: jnp.sum(value * weight) for name, value in per_image.items()}
-        sums.update(diagnostics.validation_sums(prior, latent, batch["rater_valid"], weight))
+        sums.update(diagnostics.validation_sums(latent, batch["rater_valid"], weight))
         return dict(sums, count=jnp.sum(weight))
 
     replicated = NamedSharding(mesh, PartitionSpec())

@@ -205,9 +205,7 @@ def test_validation_aggregates_equal_the_direct_computation():
         valid = np.array([True] * 5 + [False])  # Image 5 is padding.
         terms = [diagnostics.annotation_terms(q, prior, key=key) for q in posteriors]
         stacked = jax.tree.map(lambda *x: jnp.stack(x), *terms)
-        sums = diagnostics.validation_sums(
-            prior, stacked, jnp.asarray(rater_valid), jnp.asarray(valid)
-        )
+        sums = diagnostics.validation_sums(stacked, jnp.asarray(rater_valid), jnp.asarray(valid))
         sums["count"] = jnp.sum(valid)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
         for b in range(5):
@@ -241,7 +239,7 @@ def test_other_latents_get_no_diagnostics_and_bad_inputs_raise():
     other = distrax.Independent(distrax.Laplace(jnp.zeros((2, 3)), jnp.ones((2, 3))), 1)
     assert not diagnostics.is_supported(other)
     assert diagnostics.annotation_terms(other, other, key=jax.random.key(0)) == {}
-    assert diagnostics.validation_sums(other, {}, jnp.ones((2, 1)), jnp.ones(2)) == {}
+    assert diagnostics.validation_sums({}, jnp.ones((2, 1)), jnp.ones(2)) == {}
     assert diagnostics.finish_validation({"loss": np.float32(2.0)}) == {"loss": 2.0}
     with pytest.raises(ValueError, match="Gaussian or a mixture"):
         diagnostics.kl_per_dimension(other, other)
