@@ -137,10 +137,17 @@ class HierarchicalCore(nn.Module):
     norm: str = "paper"
     init_scheme: str = "flax"
     align_corners: bool = False
+    conv_slice_mib: float = 0.0
 
     def setup(self):
         n = len(self.filters)
-        self.encoder = Encoder(self.filters, self.convs_per_block, self.norm, self.init_scheme)
+        self.encoder = Encoder(
+            self.filters,
+            self.convs_per_block,
+            self.norm,
+            self.init_scheme,
+            conv_slice_mib=self.conv_slice_mib,
+        )
         self.latent_layers = [
             LatentLayer(self.latent.output_layers) for _ in range(self.latent_scales)
         ]
@@ -150,6 +157,7 @@ class HierarchicalCore(nn.Module):
                 self.convs_per_block,
                 decoder_block_norm(self.norm, i, n),
                 self.init_scheme,
+                self.conv_slice_mib,
             )
             for i in range(self.decoder_blocks)
         ]
@@ -214,6 +222,7 @@ class Decoder(nn.Module):
     norm: str = "paper"
     init_scheme: str = "flax"
     align_corners: bool = False
+    conv_slice_mib: float = 0.0
 
     @nn.compact
     def __call__(self, x: jax.Array, levels: Sequence[jax.Array], *, train: bool) -> jax.Array:
@@ -222,9 +231,14 @@ class Decoder(nn.Module):
             skip = levels[n - 2 - i]
             up = upsample_to(x, skip, align_corners=self.align_corners)
             norm = decoder_block_norm(self.norm, i, n)
-            x = ConvBlock(self.filters[n - 2 - i], self.convs_per_block, norm, self.init_scheme)(
-                jnp.concatenate([up, skip], axis=-1), train=train
+            block = ConvBlock(
+                self.filters[n - 2 - i],
+                self.convs_per_block,
+                norm,
+                self.init_scheme,
+                self.conv_slice_mib,
             )
+            x = block(jnp.concatenate([up, skip], axis=-1), train=train)
         return x
 
 
@@ -254,7 +268,7 @@ class HierarchicalProbUNet(nn.Module):
       latent: the per-position latent family (`distributions.LatentSpec`), the same at every
         scale; ``latent.latent_dim`` is the dimension of z at one position.
       latent_scales: L, the number of coarsest decoder scales with latents, 1 … n − 1.
-      num_classes, convs_per_block, norm, init_scheme, align_corners: as
+      num_classes, convs_per_block, norm, init_scheme, align_corners, conv_slice_mib: as
         `model.ProbabilisticUNet`.
     """
 
@@ -266,6 +280,7 @@ class HierarchicalProbUNet(nn.Module):
     norm: str = "paper"
     init_scheme: str = "flax"
     align_corners: bool = False
+    conv_slice_mib: float = 0.0
 
     PARTS: ClassVar[tuple[str, ...]] = ("prior_net", "posterior_net", "decoder", "head")
 
@@ -283,6 +298,7 @@ class HierarchicalProbUNet(nn.Module):
             norm=self.norm,
             init_scheme=self.init_scheme,
             align_corners=self.align_corners,
+            conv_slice_mib=self.conv_slice_mib,
         )
         self.prior_net = HierarchicalCore(decoder_blocks=self.latent_scales, **core)
         self.posterior_net = HierarchicalCore(decoder_blocks=self.latent_scales - 1, **core)
@@ -293,6 +309,7 @@ class HierarchicalProbUNet(nn.Module):
             self.norm,
             self.init_scheme,
             self.align_corners,
+            self.conv_slice_mib,
         )
         self.head = OutputHead(self.num_classes, self.init_scheme)
 

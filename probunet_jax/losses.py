@@ -146,12 +146,15 @@ def geco_loss(
     return metrics["kl"] + jax.lax.stop_gradient(state.multiplier) * constraint, constraint
 
 
+GECO_MULTIPLIER_RANGE = (1e-6, 1e9)
+
+
 def geco_update(state: GecoState, constraint: jax.Array, *, rate: float, decay: float) -> GecoState:
     """λ ← λ·exp(rate·C̄) with C̄ the moving average (``decay``) of the constraint: λ grows
     while the reconstruction is worse than the target and shrinks once it is better (clipped
-    to [1e-6, 1e9])."""
+    to ``GECO_MULTIPLIER_RANGE``)."""
     average = decay * state.constraint_average + (1.0 - decay) * jax.lax.stop_gradient(constraint)
-    multiplier = jnp.clip(state.multiplier * jnp.exp(rate * average), 1e-6, 1e9)
+    multiplier = jnp.clip(state.multiplier * jnp.exp(rate * average), *GECO_MULTIPLIER_RANGE)
     return GecoState(multiplier, average)
 
 

@@ -90,6 +90,8 @@ class ProbabilisticUNet(nn.Module):
       convs_per_block: 3×3 convolutions per block (paper: 3).
       norm, init_scheme, align_corners: the network options of `networks` (the paper's text:
         'paper', 'flax', False; the authors' code: 'authors', 'authors', True).
+      conv_slice_mib: on the CPU, the most MiB of activations per convolution, in slices of
+        images (`networks.sliced_conv`; 0: one convolution); the same map at any value.
       pruning: pruning of unused mixture components (`component_pruning`), None for none: its
         state lives in ``batch_stats``, a training forward pass updates it, and the pruned
         components are masked in the prior and the posterior.
@@ -103,6 +105,7 @@ class ProbabilisticUNet(nn.Module):
     norm: str = "paper"
     init_scheme: str = "flax"
     align_corners: bool = False
+    conv_slice_mib: float = 0.0
     pruning: component_pruning.PruningSpec | None = None
 
     # The parts of `parameter_counts`: submodule names.
@@ -116,15 +119,11 @@ class ProbabilisticUNet(nn.Module):
         if len(self.filters) < 1:
             raise ValueError("filters must list at least one block width.")
         options = dict(norm=self.norm, init_scheme=self.init_scheme)
-        self.unet = UNet(
-            self.filters, self.convs_per_block, align_corners=self.align_corners, **options
-        )
+        convs = dict(num_convs=self.convs_per_block, conv_slice_mib=self.conv_slice_mib, **options)
+        self.unet = UNet(self.filters, align_corners=self.align_corners, **convs)
         prior_layers = self.latent.prior_spec.output_layers  # No flow unless latent.prior_flow.
-        posterior_layers = self.latent.output_layers
-        self.prior_net = LatentNet(self.filters, prior_layers, self.convs_per_block, **options)
-        self.posterior_net = LatentNet(
-            self.filters, posterior_layers, self.convs_per_block, **options
-        )
+        self.prior_net = LatentNet(self.filters, prior_layers, **convs)
+        self.posterior_net = LatentNet(self.filters, self.latent.output_layers, **convs)
         self.head = Head(
             self.filters[0], self.head_depth, self.num_classes, self.latent.latent_dim, **options
         )
@@ -196,6 +195,7 @@ def model_from_config(config: ml_collections.ConfigDict) -> nn.Module:
         norm=config.norm,
         init_scheme=config.init_scheme,
         align_corners=config.align_corners,
+        conv_slice_mib=float(config.get("conv_slice_mib", 0.0)),
         pruning=component_pruning.spec_from_config(config),
     )
     scales = int(config.get("latent_scales", 0))

@@ -18,11 +18,16 @@ Options of every module, to follow either the paper's text or its authors' code
   head layers with the same truncated biases.
 - ``align_corners``: bilinear upsampling with half-pixel centres (``jax.image.resize``) or
   with the corners aligned (PyTorch's ``align_corners=True``, the authors' code).
+
+Every convolution takes ``conv_slice_mib`` (`sliced_conv`): on the CPU a large batch is
+convolved in cache-sized slices of images, the same map, faster (README "Performance").
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import itertools
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -57,20 +62,64 @@ def conv_inits(init_scheme: str) -> dict:
     return dict(kernel_init=HE_NORMAL, bias_init=SMALL_BIAS) if init_scheme == "authors" else {}
 
 
+def sliced_conv(slice_mib: float) -> Callable[..., jax.Array]:
+    """``lax.conv_general_dilated`` that, on the CPU, convolves the batch in slices of images
+    whose input and output activations take at most ``slice_mib`` MiB, and concatenates them:
+    the same map (each image is convolved on its own; batch norm still sees the whole batch),
+    but cache-sized. XLA:CPU runs each convolution on one core: on the paper network at batch
+    32, slices of 8 images (32 MiB at 128² × 32 channels) train 1.3× faster per image than one
+    convolution and independent slices share the two cores; on small maps slicing only adds
+    work (README "Performance"). ``slice_mib`` 0, a batch within it, another backend, or several
+    devices (slices would cut across the batch's sharding): one convolution."""
+    if not slice_mib >= 0:
+        raise ValueError(f"conv_slice_mib must be >= 0 (0: no slicing), got {slice_mib}.")
+    return functools.partial(_sliced_conv, slice_mib)
+
+
+def conv_slices(batch: int, image_bytes: int, slice_mib: float) -> int:
+    """The number of slices of `_sliced_conv`: as few as keep each within ``slice_mib`` MiB
+    (at least one image each), 1 for ``slice_mib`` 0."""
+    if not slice_mib:
+        return 1
+    per_slice = max(1, int(slice_mib * 2**20 // image_bytes))
+    return -(-batch // per_slice)
+
+
+def _sliced_conv(slice_mib: float, lhs: jax.Array, rhs: jax.Array, *args, **kwargs) -> jax.Array:
+    conv = jax.lax.conv_general_dilated
+    batch = lhs.shape[0]  # Flax's convolutions are batch-first, NHWC, with HWIO kernels.
+    image_bytes = (np.prod(lhs.shape[1:]) + np.prod(lhs.shape[1:-1]) * rhs.shape[-1]) * 4
+    slices = conv_slices(batch, int(image_bytes), slice_mib)
+    if slices == 1 or jax.default_backend() != "cpu" or jax.device_count() > 1:
+        return conv(lhs, rhs, *args, **kwargs)
+    bounds = np.linspace(0, batch, slices + 1).round().astype(int).tolist()
+    parts = [conv(lhs[a:b], rhs, *args, **kwargs) for a, b in itertools.pairwise(bounds)]
+    return jnp.concatenate(parts, axis=0)
+
+
 class ConvBlock(nn.Module):
     """`num_convs` × (3×3 conv → ReLU), batch norm after every ReLU (``norm`` 'every_conv'),
-    after the last only ('end') or nowhere ('none'). `[B, H, W, C] → [B, H, W, features]`."""
+    after the last only ('end') or nowhere ('none'). `[B, H, W, C] → [B, H, W, features]`.
+    Convolutions in slices of at most ``conv_slice_mib`` MiB (`sliced_conv`)."""
 
     features: int
     num_convs: int = 3
     norm: str = "every_conv"
     init_scheme: str = "flax"
+    conv_slice_mib: float = 0.0
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        conv = sliced_conv(self.conv_slice_mib)
         for i in range(self.num_convs):
             x = nn.relu(
-                nn.Conv(self.features, (3, 3), padding="SAME", **conv_inits(self.init_scheme))(x)
+                nn.Conv(
+                    self.features,
+                    (3, 3),
+                    padding="SAME",
+                    conv_general_dilated=conv,
+                    **conv_inits(self.init_scheme),
+                )(x)
             )
             if self.norm == "every_conv" or (self.norm == "end" and i == self.num_convs - 1):
                 x = batch_norm(train)(x)
@@ -139,6 +188,7 @@ class Encoder(nn.Module):
     norm: str = "paper"
     init_scheme: str = "flax"
     norm_bottleneck: bool = True
+    conv_slice_mib: float = 0.0
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> list[jax.Array]:
@@ -149,7 +199,9 @@ class Encoder(nn.Module):
                 x = downsample(x)
             normalized = self.norm_bottleneck or i < len(self.filters) - 1
             norm = block_norm(self.norm, normalized)
-            x = ConvBlock(features, self.num_convs, norm, self.init_scheme)(x, train=train)
+            x = ConvBlock(features, self.num_convs, norm, self.init_scheme, self.conv_slice_mib)(
+                x, train=train
+            )
             levels.append(x)
         return levels
 
@@ -162,19 +214,25 @@ class UNet(nn.Module):
     norm: str = "paper"
     init_scheme: str = "flax"
     align_corners: bool = False
+    conv_slice_mib: float = 0.0
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        levels = Encoder(self.filters, self.num_convs, self.norm, self.init_scheme, name="encoder")(
-            x, train=train
-        )
+        levels = Encoder(
+            self.filters,
+            self.num_convs,
+            self.norm,
+            self.init_scheme,
+            conv_slice_mib=self.conv_slice_mib,
+            name="encoder",
+        )(x, train=train)
         x = levels[-1]
         for i, (skip, features) in enumerate(
             zip(levels[-2::-1], self.filters[-2::-1], strict=True)
         ):
             up = upsample_to(x, skip, align_corners=self.align_corners)
             norm = block_norm(self.norm, i < len(self.filters) - 2)  # Not the last block.
-            x = ConvBlock(features, self.num_convs, norm, self.init_scheme)(
+            x = ConvBlock(features, self.num_convs, norm, self.init_scheme, self.conv_slice_mib)(
                 jnp.concatenate([up, skip], axis=-1), train=train
             )
         return x
@@ -204,6 +262,7 @@ class LatentNet(nn.Module):
     num_convs: int = 3
     norm: str = "paper"
     init_scheme: str = "flax"
+    conv_slice_mib: float = 0.0
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -213,6 +272,7 @@ class LatentNet(nn.Module):
             self.norm,
             self.init_scheme,
             norm_bottleneck=False,
+            conv_slice_mib=self.conv_slice_mib,
             name="encoder",
         )
         pooled = jnp.mean(encoder(x, train=train)[-1], axis=(1, 2))

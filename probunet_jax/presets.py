@@ -55,6 +55,10 @@ import ml_collections
 from probunet_jax import component_pruning, distributions, networks
 
 PAPER_FILTERS = (32, 64, 128, 512)
+# The most MiB of activations per convolution on the CPU (`networks.sliced_conv`): slices of 8
+# images at the paper network's top level, the fastest measured at batch 32 (README
+# "Performance"); it does not change the model.
+CONV_SLICE_MIB = 32.0
 # The network, latent layout and KL of the authors' code (ishaanb92/GeneralizedProbabilisticUNet,
 # scripts/train.py: unet_mode 'shallow' for LIDC, mc_samples=1000; README "Paper, code and this
 # project"); experiments/configs/authors.py uses it with their training settings.
@@ -145,9 +149,11 @@ def model_config(variant: str = "mixture_fc", **overrides) -> ml_collections.Con
     align_corners (bilinear upsampling), latent_layout ('compact' | 'authors') and
     lr_parameterization ('scale' | 'covariance'), see `networks` and `distributions`; preset_name,
     the name of the settings (e.g. 'authors'), shown with the variant in comparisons ('' for none,
-    see :func:`model_name`); a learned number of mixture components (`component_pruning`, 0 = off):
-    sparsity_weight (λ of the sparse Dirichlet prior on the aggregate weights), prune_threshold,
-    prune_patience and prune_decay (the moving average of the usage).
+    see :func:`model_name`); conv_slice_mib (the most MiB of activations per convolution on the
+    CPU, the same map at any value, `networks.sliced_conv`); a learned number of mixture
+    components (`component_pruning`, 0 = off): sparsity_weight (λ of the sparse Dirichlet prior
+    on the aggregate weights), prune_threshold, prune_patience and prune_decay (the moving
+    average of the usage).
 
     Overriding a latent field (``latent_dim``...) makes a custom latent: pass
     ``variant=CUSTOM`` for that (:func:`check_model_config` rejects a preset name whose latent
@@ -175,6 +181,7 @@ def model_config(variant: str = "mixture_fc", **overrides) -> ml_collections.Con
             norm="paper",
             init_scheme="flax",
             align_corners=False,
+            conv_slice_mib=CONV_SLICE_MIB,
             latent_layout="compact",
             lr_parameterization="scale",
             preset_name="",
@@ -249,6 +256,7 @@ def check_model_config(model: ml_collections.ConfigDict) -> None:
     for field in ("convs_per_block", "head_depth", "num_classes", "kl_samples"):
         if int(model[field]) < 1:
             raise ValueError(f"model.{field} must be >= 1, got {model[field]}.")
+    networks.sliced_conv(float(model.get("conv_slice_mib", 0.0)))
     scales, levels = int(model.latent_scales), len(model.filters)
     if not 0 <= scales <= levels - 1:
         raise ValueError(

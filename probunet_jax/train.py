@@ -260,6 +260,8 @@ def make_train_step(
             learning_rate=schedule(state.step),
             kl_weight=weight,
         )
+        if tc.geco_target > 0:
+            metrics["geco_multiplier"] = geco.multiplier
         active = pruning.components_active(batch_stats)
         if active is not None:
             metrics["components_active"] = active
@@ -437,6 +439,19 @@ def _log_train(loop: _Loop, step: int, fetched: list[dict], progress: run_log.Pr
     )
     if "components_active" in mean:
         logging.info("step %d: %d mixture components active", step, mean["components_active"])
+    if fetched[-1].get("geco_multiplier", 0.0) >= losses.GECO_MULTIPLIER_RANGE[1]:
+        logging.log_first_n(
+            logging.WARNING,
+            "step %d: GECO's multiplier reached its cap %.0e, so the KL weight is %.1e and can "
+            "rise again only by a factor exp(train.geco_rate) a step: the reconstruction stayed "
+            "far above train.geco_target %g; raise the target or train with beta "
+            "(train.geco_target=0).",
+            1,
+            step,
+            losses.GECO_MULTIPLIER_RANGE[1],
+            fetched[-1]["kl_weight"],
+            loop.config.train.geco_target,
+        )
 
 
 def _validate(loop: _Loop, state: TrainState, step: int, early: EarlyStopping):

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from probunet_jax import flows, losses, presets, sampling
+from probunet_jax import flows, losses, networks, presets, sampling
 from probunet_jax.model import ProbabilisticUNet, init_variables, model_from_config
 
 FILTERS = (4, 8)
@@ -246,3 +246,54 @@ def test_paper_parameter_counts():
     # documented in the README.
     assert "| mixture_fc | 7,059,168 | 5,826,879 | 5,827,167 | 3,265 | 18,716,479 |" in table
     assert "| aa | 7,059,168 |" in table and "18,664,281" in table
+
+
+def test_sliced_convolutions_are_the_same_map():
+    """``conv_slice_mib`` 16 KiB slices the batch of 5 in the convolutions of the 16×16 maps
+    (5–16 KiB per image) and changes neither the training forward pass, its gradients nor
+    batch norm's batch statistics."""
+    image, mask = _batch(batch=5)
+    results = {}
+    for slice_mib in (0.0, 16 / 1024):
+        _, model = _tiny("fc", conv_slice_mib=slice_mib)
+        variables = init_variables(model, jax.random.key(0), IMAGE_SHAPE)
+
+        def loss(params, model=model, variables=variables):
+            output, updates = model.apply(
+                {**variables, "params": params},
+                image,
+                mask,
+                train=True,
+                rngs={"latent": jax.random.key(3)},
+                mutable=["batch_stats"],
+            )
+            return jnp.sum(output.logits**2), updates
+
+        convolutions = _count_convolutions(loss, variables["params"])
+        results[slice_mib] = (
+            convolutions,
+            jax.value_and_grad(loss, has_aux=True)(variables["params"]),
+        )
+    whole, sliced = results.values()
+    assert sliced[0] > whole[0] > 0
+    for a, b in zip(jax.tree.leaves(whole[1]), jax.tree.leaves(sliced[1]), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "batch, image_bytes, slice_mib, slices",
+    [
+        (32, 4 << 20, 32, 4),
+        (32, 4 << 20, 0, 1),
+        (32, 1 << 20, 32, 1),
+        (5, 8 << 10, 16 / 1024, 3),
+        (3, 64 << 20, 32, 3),
+    ],
+)
+def test_conv_slices(batch, image_bytes, slice_mib, slices):
+    assert networks.conv_slices(batch, image_bytes, slice_mib) == slices
+
+
+def test_negative_conv_slice_mib_raises():
+    with pytest.raises(ValueError, match="conv_slice_mib must be >= 0"):
+        presets.check_model_config(presets.model_config("aa", conv_slice_mib=-1.0))

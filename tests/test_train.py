@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from conftest import TEST_CONFIG
 
-from probunet_jax import checkpointing, metrics, presets, sampling, sharding, train
+from probunet_jax import checkpointing, losses, metrics, presets, sampling, sharding, train
 from probunet_jax import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -319,6 +319,17 @@ def test_selection_by_validation_ged(config, tmp_path):
     step, _, info = checkpointing.restore_best_variables(str(tmp_path / "run"))
     assert step == best["step"] and info["validation_ged"] == best["ged"]
     assert info["validation_loss"] == best["loss"]
+
+
+def test_geco_at_its_multiplier_cap_warns_and_logs_the_multiplier(config, tmp_path):
+    # A target 1e-6 nats per pixel: the first step's constraint is ~1e6, λ jumps to its cap.
+    config.train.update(geco_target=1e-6, geco_rate=1.0, geco_decay=0.0)
+    with mock.patch.object(train.logging, "log_first_n") as warn:
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert any("reached its cap" in call.args[1] for call in warn.call_args_list)
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    multipliers = [r["geco_multiplier"] for r in lines if r["split"] == "train"]
+    assert multipliers and multipliers[-1] == pytest.approx(losses.GECO_MULTIPLIER_RANGE[1])
 
 
 # Mixture-FC (the test config's model) compiles to the program the training loop already
