@@ -13,7 +13,8 @@ validation GED (16 samples per image); the checkpoint with the best validation G
 Then it is evaluated on the 256 test images with 16 samples each, and the test GED is printed
 next to the oracle's.
 
-Test GED 0.204 against the oracle's 0.094 (2.2x; deterministic), measured 2026-11-25; the
+Test GED 0.204 against the oracle's 0.094 (2.2x), measured 2026-11-25 (0.214 in a fresh install
+of 2026-12-07: deterministic within one installation, README "How close to the truth"); the
 previous default (Adam 1e-3 constant, beta 1, selection by the validation loss) gave 0.254,
 paired difference -0.050 +- 0.011 (README, "How close to the truth"). The hierarchical variants
 train with beta 1 instead of GECO: their one-layer head brings the cross-entropy down slowly,
