@@ -56,8 +56,8 @@ from probunet_jax import component_pruning, distributions, networks
 
 PAPER_FILTERS = (32, 64, 128, 512)
 # The most MiB of activations per convolution on the CPU (`networks.sliced_conv`): slices of 8
-# images at the paper network's top level, the fastest measured at batch 32 (README
-# "Performance"); it does not change the model.
+# images at the paper network's top level; at batch 32 it trained faster than 16 MiB or no
+# slicing (README "Performance"). It does not change the model.
 CONV_SLICE_MIB = 32.0
 # The network, latent layout and KL of the authors' code (ishaanb92/GeneralizedProbabilisticUNet,
 # scripts/train.py: unet_mode 'shallow' for LIDC, mc_samples=1000; README "Paper, code and this
